@@ -1,0 +1,191 @@
+"""Rules a profile must follow beyond its types: versions, checksums, URLs, names, ranges."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import string
+import urllib.parse
+from collections.abc import Iterator
+
+from builder.components import KINDS, package_of, sha256_of, template_of
+from builder.artifacts import load_catalogue
+from builder.profile import Component, Kubelet, Profile, Source
+
+SUPPORTED_RELEASES = ("trixie",)
+OS_VERSION = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+DEBIAN_VERSION = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")
+UPSTREAM_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$")
+DEBIAN_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+MODULE = re.compile(r"^[A-Za-z0-9_-]+$")
+SYSCTL = re.compile(r"^[a-z0-9_-]+([./][A-Za-z0-9_-]+)+$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MODE = re.compile(r"^0?[0-7]{3}$")
+FLAG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?%|[0-9]+(\.[0-9]+)?([KMGTPE]i?)?)$")
+EVICTION_SIGNALS = (
+    "memory.available", "nodefs.available", "nodefs.inodesFree", "imagefs.available",
+    "imagefs.inodesFree", "containerfs.available", "containerfs.inodesFree", "pid.available",
+)  # fmt: skip
+FILE_ROOTS = ("/etc/", "/usr/", "/opt/")
+# KubeletConfiguration keys set by typed fields or by hostbuild itself
+MANAGED_CONFIG = {
+    "cgroupDriver": "kubelet.cgroup_driver",
+    "clusterDNS": "kubelet.cluster_dns",
+    "clusterDomain": "kubelet.cluster_domain",
+    "maxPods": "kubelet.max_pods",
+    "evictionHard": "kubelet.eviction_hard",
+    "imageGCHighThresholdPercent": "kubelet.image_gc_high_threshold_percent",
+    "imageGCLowThresholdPercent": "kubelet.image_gc_low_threshold_percent",
+    "kind": None,
+    "apiVersion": None,
+}
+MANAGED_FLAGS = ("config", "kubeconfig", "bootstrap-kubeconfig", "container-runtime-endpoint")
+
+Found = Iterator[tuple[str, str]]
+
+
+def check_profile(profile: Profile) -> list[tuple[str, str]]:
+    """Every rule the profile breaks, as (dotted path, message)."""
+    return [
+        *_check_os(profile),
+        *_check_components(profile),
+        *(_check_kubelet(profile.kubelet) if profile.kubelet else ()),
+        *_check_requirements(profile),
+    ]
+
+
+def _check_os(profile: Profile) -> Found:
+    if not OS_VERSION.match(profile.version):
+        yield "version", f"{profile.version!r} is not an OS version X.Y.Z (e.g. '1.2.3')"
+    if profile.debian.release not in SUPPORTED_RELEASES:
+        allowed = ", ".join(map(repr, SUPPORTED_RELEASES))
+        yield "debian.release", f"{profile.debian.release!r} is not supported; allowed: {allowed}"
+    for key in ("mirror", "security_mirror"):
+        url = getattr(profile.debian, key)
+        if url is not None and urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
+            yield f"debian.{key}", f"{url!r} is not an http://, https:// or file:// URL"
+    for i, package in enumerate(profile.debian.packages):
+        if not DEBIAN_PACKAGE.match(package):
+            yield f"debian.packages[{i}]", f"{package!r} is not a Debian package name"
+    for i, module in enumerate(profile.kernel.modules):
+        if not MODULE.match(module):
+            yield f"kernel.modules[{i}]", f"{module!r} is not a kernel module name"
+    for key in profile.sysctls:
+        if not SYSCTL.match(key):
+            yield f"sysctls[{key!r}]", f"{key!r} is not a sysctl name (like 'net.ipv4.ip_forward')"
+    for i, file in enumerate(profile.files):
+        if not file.path.startswith(FILE_ROOTS) or "/../" in file.path:
+            yield (
+                f"files[{i}].path",
+                f"{file.path!r} must be below {', '.join(FILE_ROOTS)} "
+                "(/var is the data partition, /run is generated at boot)",
+            )
+        if not MODE.match(file.mode):
+            yield f"files[{i}].mode", f"{file.mode!r} is not an octal mode like '0644'"
+
+
+def _check_components(profile: Profile) -> Found:
+    for name, component in profile.components.pinned().items():
+        path = f"components.{name}"
+        if component.source is Source.DEBIAN:
+            yield from _check_debian(name, component, path)
+        else:
+            yield from _check_upstream(name, component, path, profile.arch)
+
+
+def _check_debian(name: str, component: Component, path: str) -> Found:
+    if not DEBIAN_VERSION.match(component.version):
+        yield f"{path}.version", f"{component.version!r} is not a Debian package version"
+    if package_of(name, component) is None:
+        yield f"{path}.source", f"{name} is not packaged by Debian; use source 'upstream'"
+    for key in ("url", "sha256"):
+        if getattr(component, key):
+            yield f"{path}.{key}", "only allowed with source 'upstream'"
+
+
+def _check_upstream(name: str, component: Component, path: str, arch: str) -> Found:
+    if not UPSTREAM_VERSION.match(component.version):
+        yield f"{path}.version", f"{component.version!r} is not a release version like '1.2.3'"
+    if component.package:
+        yield f"{path}.package", "only allowed with source 'debian'"
+    template = template_of(name, component)
+    yield from _check_template(template, f"{path}.url")
+    for key, digest in component.sha256.items():
+        if not SHA256.match(digest.removeprefix("sha256:")):
+            yield f"{path}.sha256.{key}", f"{digest!r} is not a sha256 digest (64 hex digits)"
+    if sha256_of(name, component, arch) is None:
+        entry = load_catalogue().get(KINDS[name].catalogue)
+        known = ", ".join(entry.versions(arch)) if entry else "none"
+        yield (
+            f"{path}.version",
+            f"{component.version!r} has no sha256 for arch {arch!r} in the artifact catalogue "
+            f"(catalogued: {known}); pin a catalogued version or set {path}.sha256.{arch}",
+        )
+
+
+def _check_template(template: str, path: str) -> Found:
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        yield path, f"{template!r} is not a valid URL template: {e}"
+        return
+    unknown = fields - {"version", "arch"}
+    if unknown:
+        yield path, (
+            f"{template!r} uses unknown placeholder(s) {', '.join(sorted(unknown))}; "
+            "allowed: {version}, {arch}"
+        )
+    if "version" not in fields:
+        yield path, f"{template!r} must contain {{version}} so each version has its own URL"
+    parsed = urllib.parse.urlparse(template)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        yield path, f"{template!r} is not an http:// or https:// URL"
+
+
+def _check_kubelet(kubelet: Kubelet) -> Found:
+    for i, address in enumerate(kubelet.cluster_dns):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            yield f"kubelet.cluster_dns[{i}]", f"{address!r} is not an IP address"
+    if not 1 <= kubelet.max_pods <= 10000:
+        yield "kubelet.max_pods", f"{kubelet.max_pods} is out of range; allowed: 1 to 10000"
+    for key in ("image_gc_high_threshold_percent", "image_gc_low_threshold_percent"):
+        if not 0 <= getattr(kubelet, key) <= 100:
+            yield f"kubelet.{key}", f"{getattr(kubelet, key)} is not a percentage (0 to 100)"
+    if kubelet.image_gc_low_threshold_percent >= kubelet.image_gc_high_threshold_percent:
+        yield (
+            "kubelet.image_gc_low_threshold_percent",
+            f"{kubelet.image_gc_low_threshold_percent} must be below "
+            f"image_gc_high_threshold_percent ({kubelet.image_gc_high_threshold_percent})",
+        )
+    for signal, value in kubelet.eviction_hard.items():
+        path = f"kubelet.eviction_hard[{signal!r}]"
+        if signal not in EVICTION_SIGNALS:
+            yield path, f"unknown eviction signal {signal!r}; allowed: {', '.join(EVICTION_SIGNALS)}"
+        if not QUANTITY.match(value):
+            yield path, f"{value!r} is not a quantity ('100Mi') or a percentage ('10%')"
+    for key in kubelet.extra_config:
+        if key in MANAGED_CONFIG:
+            typed = MANAGED_CONFIG[key]
+            use = f"set {typed} instead" if typed else "hostbuild sets it"
+            yield f"kubelet.extra_config.{key}", f"{key!r} is managed by hostbuild; {use}"
+    for flag in kubelet.extra_args:
+        path = f"kubelet.extra_args[{flag!r}]"
+        if not FLAG.match(flag):
+            yield path, f"{flag!r} is not a flag name (write 'node-ip', not '--node-ip')"
+        elif flag in MANAGED_FLAGS:
+            yield path, f"{flag!r} is managed by hostbuild"
+
+
+def _check_requirements(profile: Profile) -> Found:
+    pinned = profile.components.pinned()
+    if "kubelet" in pinned:
+        for needed in ("containerd", "runc", "cni_plugins"):
+            if needed not in pinned:
+                yield f"components.{needed}", "missing: a node with kubelet needs it"
+        if profile.kubelet is None:
+            yield "kubelet", "missing: components.kubelet is pinned but has no configuration"
+    if "containerd" in pinned and profile.containerd is None:
+        yield "containerd", "missing: components.containerd is pinned but has no configuration"

@@ -1,0 +1,257 @@
+"""Profiles: YAML files in profiles/ become frozen dataclasses, with `extends:` inheritance.
+
+Loading collects every problem, from every file of the `extends` chain, as `file: path: message`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.errors import Issue, ProfileError
+from builder.schema import INVALID, convert, join_path
+
+PROFILES_DIR = Path(os.environ.get("HOSTBUILD_PROFILES", Path(__file__).parent.parent / "profiles"))
+
+
+class Arch(StrEnum):
+    AMD64 = "amd64"
+    ARM64 = "arm64"
+
+
+class KernelFlavour(StrEnum):
+    CLOUD = "cloud"
+    GENERIC = "generic"
+
+
+class Source(StrEnum):
+    DEBIAN = "debian"
+    UPSTREAM = "upstream"
+
+
+class CgroupDriver(StrEnum):
+    SYSTEMD = "systemd"
+    CGROUPFS = "cgroupfs"
+
+
+@dataclass(frozen=True)
+class Debian:
+    release: str
+    packages: tuple[str, ...] = ()
+    mirror: str | None = None
+    security_mirror: str | None = None
+
+
+@dataclass(frozen=True)
+class Kernel:
+    flavour: KernelFlavour
+    cmdline: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class File:
+    path: str
+    content: str
+    mode: str = "0644"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A node component pinned to an exact version from Debian or from an upstream release."""
+
+    source: Source
+    version: str
+    package: str | None = None
+    url: str | None = None
+    sha256: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Components:
+    containerd: Component | None = None
+    runc: Component | None = None
+    cni_plugins: Component | None = None
+    crictl: Component | None = None
+    kubelet: Component | None = None
+
+    def pinned(self) -> dict[str, Component]:
+        """The components the profile sets, by name."""
+        names = ("containerd", "runc", "cni_plugins", "crictl", "kubelet")
+        return {n: c for n in names if (c := getattr(self, n)) is not None}
+
+
+@dataclass(frozen=True)
+class Containerd:
+    sandbox_image: str
+
+
+@dataclass(frozen=True)
+class Kubelet:
+    """The common KubeletConfiguration settings, plus free-form escape hatches."""
+
+    cgroup_driver: CgroupDriver = CgroupDriver.SYSTEMD
+    cluster_dns: tuple[str, ...] = ()
+    cluster_domain: str = "cluster.local"
+    max_pods: int = 110
+    eviction_hard: dict[str, str] = field(default_factory=dict)
+    image_gc_high_threshold_percent: int = 85
+    image_gc_low_threshold_percent: int = 80
+    extra_config: dict[str, Any] = field(default_factory=dict)
+    extra_args: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A resolved profile: everything a build needs to know about the image."""
+
+    description: str
+    version: str
+    debian: Debian
+    kernel: Kernel
+    arch: Arch = Arch.AMD64
+    sysctls: dict[str, str | int] = field(default_factory=dict)
+    files: tuple[File, ...] = ()
+    components: Components = field(default_factory=Components)
+    containerd: Containerd | None = None
+    kubelet: Kubelet | None = None
+    name: str = field(default="", metadata={"internal": True})
+    path: Path = field(default=Path(), metadata={"internal": True})
+    chain: tuple[Path, ...] = field(default=(), metadata={"internal": True})
+
+
+def display(path: Path) -> str:
+    """A path as messages show it: relative to the working directory when below it."""
+    try:
+        return os.fspath(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return os.fspath(path)
+
+
+def find_profile(ref: str, relative_to: Path | None = None) -> Path:
+    """A profile file from a name in profiles/ (or next to `relative_to`) or a path."""
+    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+        base = relative_to.parent if relative_to and not Path(ref).is_absolute() else Path()
+        return base / ref
+    for directory in ([relative_to.parent] if relative_to else []) + [PROFILES_DIR]:
+        candidate = directory / f"{ref}.yaml"
+        if candidate.exists():
+            return candidate
+    return PROFILES_DIR / f"{ref}.yaml"
+
+
+def list_profiles() -> list[Path]:
+    return sorted(PROFILES_DIR.glob("*.yaml"))
+
+
+@dataclass
+class _Layer:
+    path: Path
+    data: dict[str, Any]
+
+
+def _read_layers(ref: str, issues: list[Issue]) -> list[_Layer]:
+    """The `extends` chain, base first; cycles and unreadable files become issues."""
+    layers: list[_Layer] = []
+    path = find_profile(ref)
+    seen: list[Path] = []
+    while True:
+        resolved = path.resolve()
+        if resolved in seen:
+            cycle = " -> ".join(display(p) for p in [*seen, resolved])
+            issues.append(Issue(display(layers[-1].path), "extends", f"cycle in extends: {cycle}"))
+            break
+        seen.append(resolved)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            names = ", ".join(p.stem for p in list_profiles())
+            where = display(layers[-1].path) if layers else display(path)
+            key = "extends" if layers else ""
+            issues.append(Issue(where, key, f"no profile {display(path)!r}; profiles: {names}"))
+            break
+        except yaml.YAMLError as e:
+            issues.append(Issue(display(path), "", f"not valid YAML: {e}"))
+            break
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            issues.append(Issue(display(path), "", "expected a mapping at the top level"))
+            break
+        layers.append(_Layer(path, data))
+        parent = data.pop("extends", None)
+        if parent is None:
+            break
+        if not isinstance(parent, str):
+            issues.append(Issue(display(path), "extends", "expected a profile name or path"))
+            break
+        path = find_profile(parent, relative_to=path)
+    return list(reversed(layers))
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Deep merge: mappings merge key by key, anything else (lists too) is replaced.
+
+    A key written `name+` appends its list to the inherited `name` instead.
+    """
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            if isinstance(key, str) and key.endswith("+") and isinstance(value, list):
+                inherited = base.get(key[:-1], [])
+                key, value = key[:-1], (inherited if isinstance(inherited, list) else []) + value
+            merged[key] = _merge(base.get(key), value)
+        return merged
+    return _merge({}, over) if isinstance(over, dict) else over
+
+
+def _origins(data: Any, path: str, file: Path, out: dict[str, Path]) -> None:
+    out[path] = file
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _origins(value, join_path(path, str(key).removesuffix("+")), file, out)
+
+
+def _origin_of(path: str, origins: dict[str, Path], default: Path) -> Path:
+    """The file that set `path` (or its nearest parent that was set)."""
+    while path:
+        if path in origins:
+            return origins[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return default
+
+
+def load_profile(ref: str) -> Profile:
+    """Load, merge and validate a profile; raise ProfileError listing every problem."""
+    from builder.checks import check_profile
+
+    issues: list[Issue] = []
+    layers = _read_layers(ref, issues)
+    if issues:
+        raise ProfileError(issues)
+    merged: dict[str, Any] = {}
+    origins: dict[str, Path] = {}
+    for layer in layers:
+        merged = _merge(merged, layer.data)
+        _origins(layer.data, "", layer.path, origins)
+    leaf = layers[-1].path
+    raw: list[tuple[str, str]] = []
+    profile = convert(Profile, merged, "", raw)
+    located = [Issue(display(_origin_of(p, origins, leaf)), p, m) for p, m in raw]
+    if profile is not INVALID:
+        chain = tuple(layer.path for layer in layers)
+        profile = dataclasses.replace(profile, name=leaf.stem, path=leaf, chain=chain)
+        located += [
+            Issue(display(_origin_of(p, origins, leaf)), p, m) for p, m in check_profile(profile)
+        ]
+    if located:
+        raise ProfileError(located)
+    assert isinstance(profile, Profile)
+    return profile
