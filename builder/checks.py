@@ -91,7 +91,7 @@ def _check_components(profile: Profile) -> Found:
         if component.source is Source.DEBIAN:
             yield from _check_debian(name, component, path)
         else:
-            yield from _check_upstream(name, component, path, profile.arch)
+            yield from _check_upstream(name, component, path, profile.arch.value)
 
 
 def _check_debian(name: str, component: Component, path: str) -> Found:

@@ -14,34 +14,32 @@ class Kind:
 
     catalogue: str
     debian_package: str | None
-    # upstream layout: member of the download (or "" for a plain file) -> path in the image
+    element: str
+    # upstream layout: member of the download ("" for a plain file, "*" for every top-level
+    # file) -> path in the image
     install: dict[str, str]
-    units: tuple[str, ...] = ()
 
 
 KINDS: dict[str, Kind] = {
     "containerd": Kind(
         "containerd",
         "containerd",
+        "hostbuild-containerd",
         {
             "bin/containerd": "/usr/bin/containerd",
             "bin/containerd-shim-runc-v2": "/usr/bin/containerd-shim-runc-v2",
             "bin/ctr": "/usr/bin/ctr",
         },
-        units=("containerd.service",),
     ),
-    "runc": Kind("runc", "runc", {"": "/usr/sbin/runc"}),
+    "runc": Kind("runc", "runc", "hostbuild-containerd", {"": "/usr/sbin/runc"}),
     "cni_plugins": Kind(
         "cni-plugins",
         "containernetworking-plugins",
-        {f"./{p}": f"/usr/lib/cni/{p}" for p in (
-            "bridge", "host-local", "loopback", "portmap", "bandwidth", "firewall", "tuning",
-            "ptp", "host-device", "macvlan", "ipvlan", "vlan", "static", "dhcp", "vrf", "tap",
-            "sbr", "dummy",
-        )},
-    ),  # fmt: skip
-    "crictl": Kind("crictl", None, {"crictl": "/usr/bin/crictl"}),
-    "kubelet": Kind("kubelet", None, {"": "/usr/bin/kubelet"}, units=("kubelet.service",)),
+        "hostbuild-containerd",
+        {"*": "/usr/lib/cni/"},
+    ),
+    "crictl": Kind("crictl", None, "hostbuild-crictl", {"crictl": "/usr/bin/crictl"}),
+    "kubelet": Kind("kubelet", None, "hostbuild-kubelet", {"": "/usr/bin/kubelet"}),
 }
 
 

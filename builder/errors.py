@@ -16,6 +16,7 @@ class HostbuildError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.log: Path | None = None  # the build's log file, set by the command that failed
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Loading collects every problem, from every file of the `extends` chain, as `file
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -177,7 +178,10 @@ def _read_layers(ref: str, issues: list[Issue]) -> list[_Layer]:
             issues.append(Issue(where, key, f"no profile {display(path)!r}; profiles: {names}"))
             break
         except yaml.YAMLError as e:
-            issues.append(Issue(display(path), "", f"not valid YAML: {e}"))
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e)
+            issues.append(Issue(display(path), "", f"not valid YAML{where}: {problem}"))
             break
         if data is None:
             data = {}
@@ -255,3 +259,23 @@ def load_profile(ref: str) -> Profile:
         raise ProfileError(located)
     assert isinstance(profile, Profile)
     return profile
+
+
+def dump_profile(profile: Profile) -> str:
+    """The resolved profile as YAML (what `hostbuild profiles show` prints)."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {
+                f.name: plain(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if not f.metadata.get("internal")
+            }
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return yaml.safe_dump(plain(profile), sort_keys=False)

@@ -1,0 +1,211 @@
+"""The `hostbuild` command: parses options, calls one library function per command, reports."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from builder.artifacts import Cache, fetch_all
+from builder.components import upstream_artifacts
+from builder.doctor import check_host, install_hint
+from builder.errors import HostbuildError
+from builder.image import BuildOptions, build_image, image_name, plan_build
+from builder.log import log_file, setup_logging
+from builder.profile import display, dump_profile, list_profiles, load_profile
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hostbuild"
+
+
+class State:
+    def __init__(self, cache: Path, debug: bool) -> None:
+        self.cache = cache
+        self.debug = debug
+
+
+pass_state = click.make_pass_decorator(State)
+
+profile_option = click.option(
+    "--profile", "profile_ref", required=True, metavar="NAME|PATH",
+    help="A profile name from profiles/ or a path to a profile file.",
+)  # fmt: skip
+mirror_option = click.option(
+    "--artifact-mirror", metavar="URL|DIR", envvar="HOSTBUILD_ARTIFACT_MIRROR",
+    help="Fetch upstream artifacts from this mirror (same paths as upstream) "
+    "[env: HOSTBUILD_ARTIFACT_MIRROR].",
+)  # fmt: skip
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More output (repeatable).")
+@click.option("-q", "--quiet", count=True, help="Less output (repeatable).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+@click.option(
+    "--cache-dir", type=click.Path(path_type=Path), envvar="HOSTBUILD_CACHE",
+    default=DEFAULT_CACHE, show_default=True,
+    help="Downloads, diskimage-builder caches and logs [env: HOSTBUILD_CACHE].",
+)  # fmt: skip
+@click.version_option(package_name="hostbuild")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool, cache_dir: Path) -> None:
+    """Build immutable, single-purpose host OS images for Kubernetes nodes."""
+    setup_logging(verbose - quiet)
+    ctx.obj = State(cache_dir.absolute(), debug)
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def profiles(ctx: click.Context) -> None:
+    """List the profiles in profiles/."""
+    if ctx.invoked_subcommand is None:
+        for path in list_profiles():
+            try:
+                profile = load_profile(os.fspath(path))
+                click.echo(f"{path.stem:<16} {profile.version:<10} {profile.description}")
+            except HostbuildError:
+                click.echo(f"{path.stem:<16} {'-':<10} (invalid: run 'hostbuild profiles show')")
+
+
+@profiles.command("show")
+@click.argument("name")
+def profiles_show(name: str) -> None:
+    """Print the resolved profile NAME (a name or a path) as YAML."""
+    profile = load_profile(name)
+    chain = " -> ".join(display(p) for p in profile.chain)
+    click.echo(f"# {profile.name}: {chain}")
+    click.echo(dump_profile(profile), nl=False)
+
+
+@cli.group()
+def artifacts() -> None:
+    """Upstream artifacts (downloads verified against pinned checksums)."""
+
+
+@artifacts.command("fetch")
+@profile_option
+@mirror_option
+@pass_state
+def artifacts_fetch(state: State, profile_ref: str, artifact_mirror: str | None) -> None:
+    """Download and verify the profile's upstream artifacts into the cache."""
+    profile = load_profile(profile_ref)
+    fetched = fetch_all(upstream_artifacts(profile), Cache(state.cache), artifact_mirror)
+    click.echo(f"{'ARTIFACT':<12} {'VERSION':<10} {'SIZE':>12}  {'CACHE':<5}  SHA256")
+    for item in fetched:
+        a = item.artifact
+        hit = "hit" if item.cache_hit else "miss"
+        click.echo(f"{a.name:<12} {a.version:<10} {item.size:>12}  {hit:<5}  {a.sha256}")
+
+
+@cli.command()
+@profile_option
+@click.option(
+    "--output", type=click.Path(path_type=Path), metavar="DIR",
+    help="Output directory [default: output/PROFILE-VERSION].",
+)  # fmt: skip
+@mirror_option
+@click.option("--dry-run", is_flag=True, help="Print the resolved inputs and the DIB command.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
+@pass_state
+def image(
+    state: State,
+    profile_ref: str,
+    output: Path | None,
+    artifact_mirror: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Build the image of a profile (for now: its verified root tree and manifest)."""
+    profile = load_profile(profile_ref)
+    output = (output or Path("output") / image_name(profile)).absolute()
+    options = BuildOptions(output=output, cache=state.cache, artifact_mirror=artifact_mirror)
+    if dry_run:
+        plan = plan_build(profile, options, state.cache / "work" / f"{image_name(profile)}-PID")
+        _emit(plan.describe() | {"output": os.fspath(output)}, as_json)
+        return
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log = state.cache / "logs" / f"{image_name(profile)}-{stamp}.log"
+    with log_file(log):
+        logger.info("Building %s (log: %s)", image_name(profile), log)
+        try:
+            manifest = build_image(profile, options, log)
+        except HostbuildError as e:
+            e.log = log
+            raise
+    result = {
+        "name": manifest["name"],
+        "output": os.fspath(output),
+        "rootfs": os.fspath(output / next(iter(manifest["outputs"]))),
+        "manifest": os.fspath(output / "manifest.json"),
+        "log": os.fspath(output / "build.log"),
+        "tree_bytes": manifest["tree_bytes"],
+        "build_seconds": manifest["build_seconds"],
+    }
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        logger.info("Built %s in %.0fs: %s", result["name"], result["build_seconds"], output)
+
+
+def _emit(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    dib_command = data.pop("dib_command")
+    click.echo(json.dumps(data, indent=2))
+    click.echo(f"\ndiskimage-builder command:\n{dib_command}")
+
+
+@cli.command()
+@pass_state
+def doctor(state: State) -> None:
+    """Check that this machine can build images."""
+    checks = check_host(state.cache)
+    for check in checks:
+        click.echo(f"{'ok' if check.ok else 'MISSING':<8} {check.name:<18} {check.detail}")
+    if not all(c.ok for c in checks):
+        hint = install_hint(checks)
+        raise HostbuildError(
+            "this machine cannot build images yet",
+            hint=f"run: {hint}" if hint else "fix the checks marked MISSING",
+        )
+
+
+def main() -> None:
+    """Entry point: turns errors into messages and exit codes (the only place that exits)."""
+    debug = "--debug" in sys.argv
+    try:
+        cli.main(standalone_mode=False)
+    except HostbuildError as e:
+        click.echo(f"Error: {e.message}", err=True)
+        if e.hint:
+            click.echo(f"({e.hint})", err=True)
+        if e.log:
+            click.echo(f"log: {e.log}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        logger.debug("unexpected error", exc_info=True)
+        if debug:
+            traceback.print_exc()
+        click.echo(f"Error: unexpected {type(e).__name__}: {e}", err=True)
+        click.echo("(run with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+

@@ -1,0 +1,203 @@
+"""Render what the profile puts into the image into the build's copy of the elements.
+
+Each hostbuild element gets a `files/` tree (configuration rendered with Jinja2, verified upstream
+binaries); DIB merges them and `hostbuild-base` installs them. Templates carry data only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jinja2
+import yaml
+
+from builder.artifacts import Fetched
+from builder.components import KINDS
+from builder.errors import HostbuildError
+from builder.profile import CgroupDriver, Kubelet, Profile, Source
+
+ELEMENTS_DIR = Path(os.environ.get("HOSTBUILD_ELEMENTS", Path(__file__).parent.parent / "elements"))
+TEMPLATES = Path(__file__).parent / "templates"
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """A file to put at `path` in the image, with its element, content and mode."""
+
+    element: str
+    path: str
+    content: bytes
+    mode: int = 0o644
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+def render(template: str, **values: Any) -> str:
+    return _env.get_template(template).render(**values)
+
+
+def image_elements(profile: Profile) -> list[str]:
+    """The DIB elements the profile needs, in dependency-friendly order."""
+    names = ["hostbuild-debian", "hostbuild-base", "hostbuild-boot"]
+    pinned = profile.components.pinned()
+    if "containerd" in pinned:
+        names.append("hostbuild-containerd")
+    if "crictl" in pinned:
+        names.append("hostbuild-crictl")
+    if "kubelet" in pinned:
+        names.append("hostbuild-kubelet")
+    return names
+
+
+def kubelet_config(kubelet: Kubelet) -> dict[str, Any]:
+    """The KubeletConfiguration: typed fields first, then `extra_config` merged over them."""
+    config: dict[str, Any] = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "cgroupDriver": kubelet.cgroup_driver.value,
+        "clusterDNS": list(kubelet.cluster_dns),
+        "clusterDomain": kubelet.cluster_domain,
+        "maxPods": kubelet.max_pods,
+        "imageGCHighThresholdPercent": kubelet.image_gc_high_threshold_percent,
+        "imageGCLowThresholdPercent": kubelet.image_gc_low_threshold_percent,
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": "/run/hostbuild/kubelet/ca.crt"},
+        },
+        "authorization": {"mode": "Webhook"},
+        "rotateCertificates": True,
+        "serverTLSBootstrap": True,
+        "staticPodPath": "/etc/kubernetes/manifests",
+    }
+    if kubelet.eviction_hard:
+        config["evictionHard"] = dict(kubelet.eviction_hard)
+    for key, value in kubelet.extra_config.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def _text(element: str, path: str, text: str, mode: int = 0o644) -> ImageFile:
+    return ImageFile(element, path, text.encode(), mode)
+
+
+def config_files(profile: Profile) -> list[ImageFile]:
+    """Every configuration file rendered from the profile."""
+    p = profile.name
+    enable = ["systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service"]
+    files = [
+        _text("hostbuild-base", "/usr/lib/sysctl.d/90-hostbuild.conf",
+              render("sysctl.conf.j2", profile=p, sysctls=profile.sysctls)),
+        _text("hostbuild-base", "/usr/lib/modules-load.d/hostbuild.conf",
+              render("modules-load.conf.j2", profile=p, modules=profile.kernel.modules)),
+        _text("hostbuild-base", "/usr/lib/systemd/network/80-hostbuild-dhcp.network",
+              render("dhcp.network")),
+        _text("hostbuild-base", "/usr/lib/systemd/journald.conf.d/hostbuild.conf",
+              render("journald.conf")),
+        _text("hostbuild-base", "/usr/lib/hostbuild/os-release",
+              render("hostbuild-release.j2", profile=p, image_id=p, image_version=profile.version)),
+    ]  # fmt: skip
+    for f in profile.files:
+        files.append(_text("hostbuild-base", f.path, f.content, int(f.mode, 8)))
+    pinned = profile.components.pinned()
+    if profile.containerd and "containerd" in pinned:
+        enable.append("containerd.service")
+        runc = "/usr/sbin/runc" if "runc" in pinned else "runc"
+        systemd = profile.kubelet is None or profile.kubelet.cgroup_driver is CgroupDriver.SYSTEMD
+        files.append(_text("hostbuild-containerd", "/etc/containerd/config.toml", render(
+            "containerd-config.toml.j2", profile=p, sandbox_image=profile.containerd.sandbox_image,
+            runc=runc, systemd_cgroup=systemd, cni_bin_dir="/usr/lib/cni")))  # fmt: skip
+        if pinned["containerd"].source is Source.UPSTREAM:
+            files.append(_text("hostbuild-containerd", "/usr/lib/systemd/system/containerd.service",
+                               render("containerd.service")))  # fmt: skip
+    if "crictl" in pinned:
+        files.append(_text("hostbuild-crictl", "/etc/crictl.yaml", render("crictl.yaml")))
+    if profile.kubelet and "kubelet" in pinned:
+        enable.append("kubelet.service")
+        flags = "".join(f"--{k}={v} \\\n  " for k, v in profile.kubelet.extra_args.items())
+        files += [
+            _text("hostbuild-kubelet", "/usr/lib/systemd/system/kubelet.service",
+                  render("kubelet.service.j2", profile=p, flags=flags,
+                         version=pinned["kubelet"].version)),
+            _text("hostbuild-kubelet", "/etc/kubernetes/kubelet/config.yaml",
+                  yaml.safe_dump(kubelet_config(profile.kubelet), sort_keys=False)),
+        ]  # fmt: skip
+    disable = ["systemd-networkd-wait-online.service", "apt-daily.timer", "apt-daily-upgrade.timer"]
+    files.append(_text("hostbuild-base", "/usr/lib/systemd/system-preset/80-hostbuild.preset",
+                       render("preset.j2", profile=p, enable=enable, disable=disable)))  # fmt: skip
+    return files
+
+
+def binary_files(fetched: list[Fetched]) -> list[ImageFile]:
+    """The files of every verified upstream artifact, where the component's kind puts them."""
+    files = []
+    for item in fetched:
+        kind = KINDS[item.artifact.name]
+        element, install = kind.element, kind.install
+        if item.artifact.kind == "file":
+            files.append(ImageFile(element, install[""], item.path.read_bytes(), 0o755))
+            continue
+        files.extend(_from_tarball(element, item, install))
+    return files
+
+
+def _from_tarball(element: str, item: Fetched, install: dict[str, str]) -> list[ImageFile]:
+    wanted = {str(PurePosixPath(m)): dest for m, dest in install.items()}
+    found = []
+    with tarfile.open(item.path) as tar:
+        for member in tar.getmembers():
+            name = str(PurePosixPath(member.name))
+            if not member.isfile():
+                continue
+            if name in wanted:
+                dest = wanted.pop(name)
+            elif "*" in wanted and "/" not in name:
+                dest = wanted["*"] + name
+            else:
+                continue
+            data = tar.extractfile(member)
+            assert data is not None
+            found.append(ImageFile(element, dest, data.read(), 0o755))
+    wanted.pop("*", None)
+    if wanted:
+        raise HostbuildError(
+            f"{item.artifact.name} {item.artifact.version} archive {item.path} lacks "
+            f"{', '.join(sorted(wanted))}",
+            hint="the pinned checksum matched, so the release changed its layout; "
+            "update KINDS in builder/components.py",
+        )
+    return found
+
+
+def prepare_elements(profile: Profile, files: list[ImageFile], dest: Path) -> list[str]:
+    """Copy the project's elements to `dest` and write each element's `files/` tree."""
+    names = image_elements(profile)
+    shutil.copytree(ELEMENTS_DIR, dest, symlinks=True)
+    for f in files:
+        if f.element not in names:
+            raise HostbuildError(f"internal: {f.path} belongs to unused element {f.element}")
+        target = dest / f.element / "files" / f.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.content)
+        target.chmod(f.mode)
+    return names

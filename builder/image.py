@@ -1,0 +1,245 @@
+"""`hostbuild image`: from a profile to a verified root tree, with its manifest.
+
+Artifacts and mirrors are checked first, so an unreachable input stops the build before any
+long step. The output directory appears only when the build is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder import __version__
+from builder.apt import Mirrors, archive_state, resolve_mirrors
+from builder.artifacts import Artifact, Cache, Fetched, fetch_all, sha256_file
+from builder.components import debian_pins, upstream_artifacts
+from builder.dib import DibInvocation
+from builder.elements import (
+    ImageFile,
+    binary_files,
+    config_files,
+    image_elements,
+    prepare_elements,
+)
+from builder.errors import HostbuildError
+from builder.log import step
+from builder.manifest import write_manifest
+from builder.profile import Profile, dump_profile
+
+logger = logging.getLogger(__name__)
+
+BOOTSTRAP_INCLUDE = "python3"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    output: Path
+    cache: Path
+    artifact_mirror: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a build resolved before it changes anything (what --dry-run prints)."""
+
+    profile: Profile
+    mirrors: Mirrors
+    artifacts: list[Artifact]
+    pins: dict[str, str]
+    packages: tuple[str, ...]
+    dib: DibInvocation
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.name,
+            "profile_files": [os.fspath(p) for p in self.profile.chain],
+            "version": self.profile.version,
+            "arch": self.profile.arch.value,
+            "debian": {
+                "release": self.profile.debian.release,
+                "mirror": self.mirrors.main,
+                "security_mirror": self.mirrors.security,
+                "pinned": self.pins,
+                "packages": list(self.profile.debian.packages),
+            },
+            "artifacts": [
+                {"name": a.name, "version": a.version, "url": a.url, "sha256": a.sha256}
+                for a in self.artifacts
+            ],
+            "elements": list(self.dib.elements),
+            "dib_command": self.dib.describe(),
+        }
+
+
+def image_name(profile: Profile) -> str:
+    return f"{profile.name}-{profile.version}"
+
+
+def plan_build(profile: Profile, options: BuildOptions, workdir: Path) -> Plan:
+    """Resolve mirrors, artifacts and the DIB command without touching anything."""
+    mirrors = resolve_mirrors(profile.debian)
+    pins = debian_pins(profile)
+    packages = (*profile.debian.packages, *(f"{p}={v}" for p, v in pins.items()))
+    dib = DibInvocation(
+        elements=tuple(image_elements(profile)),
+        elements_path=workdir / "elements",
+        output=workdir / "dib" / image_name(profile),
+        arch=profile.arch.value,
+        image_cache=options.cache / "dib",
+        packages=packages,
+        environment={
+            "DIB_RELEASE": profile.debian.release,
+            "DIB_DISTRIBUTION_MIRROR": mirrors.main,
+            "DIB_HOSTBUILD_APT_SOURCES": os.fspath(workdir / "debian.sources"),
+            "DIB_HOSTBUILD_BOOTSTRAP_INCLUDE": BOOTSTRAP_INCLUDE,
+            "DIB_HOSTBUILD_BOOTSTRAP_KEY": "(archive state, read at build time)",
+            "DIB_HOSTBUILD_KERNEL_FLAVOUR": profile.kernel.flavour.value,
+            "DIB_AVOID_PACKAGES_UPDATE": "1",
+            "DIB_APT_LOCAL_CACHE": "1",
+            "DIB_DEBOOTSTRAP_CACHE": "0",
+            "DIB_NO_TIMESTAMP": "1",
+            "TMPDIR": os.fspath(workdir / "tmp"),
+        },
+    )
+    return Plan(profile, mirrors, upstream_artifacts(profile), pins, packages, dib)
+
+
+@contextlib.contextmanager
+def staged_output(output: Path) -> Iterator[Path]:
+    """A staging directory that replaces `output` only if the block succeeds."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = output.with_name(f".{output.name}.old-{os.getpid()}")
+    if output.exists():
+        output.rename(old)
+    staging.rename(output)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str, Any]:
+    """Build the profile's root tree into options.output; return the manifest."""
+    started = time.monotonic()
+    workdir = options.cache / "work" / f"{image_name(profile)}-{os.getpid()}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    plan = plan_build(profile, options, workdir)
+    try:
+        with step("Check inputs"):
+            state = archive_state(plan.mirrors, profile.debian.release)
+            fetched = fetch_all(plan.artifacts, Cache(options.cache), options.artifact_mirror)
+            for item in fetched:
+                logger.info("  %s %s: %s", item.artifact.name, item.artifact.version,
+                            "cache" if item.cache_hit else f"downloaded from {item.source}")  # fmt: skip
+        with staged_output(options.output) as staging:
+            with step("Render elements"):
+                files = config_files(profile) + binary_files(fetched)
+                (workdir / "tmp").mkdir(parents=True)
+                (workdir / "debian.sources").write_text(plan.mirrors.sources(profile.debian.release))
+                prepare_elements(profile, files, workdir / "elements")
+            environment = {**plan.dib.environment, "DIB_HOSTBUILD_BOOTSTRAP_KEY": state}
+            dib = dataclasses.replace(plan.dib, environment=environment)
+            with step(f"Build root tree with diskimage-builder ({', '.join(dib.elements)})"):
+                dib.run()
+            with step("Check root tree"):
+                rootfs = staging / f"{image_name(profile)}.rootfs.tar"
+                shutil.move(dib.output.with_name(f"{dib.output.name}.tar"), rootfs)
+                packages = _installed_packages(dib.output)
+                _check_pins(plan.pins, packages, log)
+                tree_bytes = _tree_size(rootfs)
+            manifest = _manifest(plan, fetched, files, packages, rootfs, tree_bytes, started)
+            write_manifest(staging, manifest)
+            shutil.copyfile(log, staging / "build.log")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return manifest
+
+
+def _installed_packages(dib_output: Path) -> list[dict[str, str]]:
+    manifests = dib_output.parent / f"{dib_output.name}.d" / "dib-manifests"
+    found = sorted(manifests.glob("dib-manifest-dpkg-*"))
+    if not found:
+        raise HostbuildError(f"diskimage-builder wrote no package manifest in {manifests}")
+    data = json.loads(found[0].read_text())
+    return [
+        {"package": p["package"], "version": p["version"], "arch": p["arch"]}
+        for p in data["packages"]
+    ]
+
+
+def _check_pins(pins: dict[str, str], packages: list[dict[str, str]], log: Path) -> None:
+    installed = {p["package"]: p["version"] for p in packages}
+    wrong = [
+        f"{name}: pinned {version!r}, installed {installed.get(name)!r}"
+        for name, version in pins.items()
+        if installed.get(name) != version
+    ]
+    if wrong:
+        raise HostbuildError(
+            "the root tree does not carry the pinned Debian packages: " + "; ".join(wrong),
+            hint=f"see {log}",
+        )
+
+
+def _tree_size(rootfs: Path) -> int:
+    with tarfile.open(rootfs) as tar:
+        return sum(m.size for m in tar.getmembers() if m.isfile())
+
+
+def _manifest(
+    plan: Plan,
+    fetched: list[Fetched],
+    files: list[ImageFile],
+    packages: list[dict[str, str]],
+    rootfs: Path,
+    tree_bytes: int,
+    started: float,
+) -> dict[str, Any]:
+    profile = plan.profile
+    components = {}
+    for name, component in profile.components.pinned().items():
+        entry: dict[str, Any] = {"source": component.source.value, "version": component.version}
+        for item in fetched:
+            if item.artifact.name == name:
+                entry.update(url=item.artifact.url, sha256=item.artifact.sha256)
+        components[name] = entry
+    return {
+        "name": image_name(profile),
+        "profile": profile.name,
+        "profile_files": {
+            os.fspath(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in profile.chain
+        },
+        "resolved_profile": yaml.safe_load(dump_profile(profile)),
+        "version": profile.version,
+        "arch": profile.arch.value,
+        "debian": plan.describe()["debian"],
+        "components": components,
+        "files": {f.path: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in files},
+        "packages": packages,
+        "outputs": {
+            rootfs.name: {"sha256": sha256_file(rootfs), "bytes": rootfs.stat().st_size},
+        },
+        "tree_bytes": tree_bytes,
+        "builder": {"hostbuild": __version__, "elements": list(plan.dib.elements)},
+        "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
