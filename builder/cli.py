@@ -6,7 +6,6 @@ import datetime
 import json
 import logging
 import os
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from builder.components import upstream_artifacts
 from builder.doctor import check_host, install_hint
 from builder.errors import HostbuildError
 from builder.image import BuildOptions, build_image, image_name, plan_build
-from builder.log import log_file, setup_logging
+from builder.log import current_log_file, log_file, setup_logging
 from builder.profile import display, dump_profile, list_profiles, load_profile
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,36 @@ mirror_option = click.option(
 )  # fmt: skip
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class HostbuildGroup(click.Group):
+    """The top-level group: the only place that turns errors into messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HostbuildError as e:
+            click.echo(f"Error: {e.message}", err=True)
+            if e.hint:
+                click.echo(f"({e.hint})", err=True)
+            if e.log:
+                click.echo(f"log: {e.log}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            logger.debug("unexpected error", exc_info=True)
+            if isinstance(ctx.obj, State) and ctx.obj.debug:
+                traceback.print_exc()
+            click.echo(f"Error: unexpected {type(e).__name__}: {e}", err=True)
+            log = current_log_file()
+            click.echo(f"(run with --debug for the traceback{f'; log: {log}' if log else ''})",
+                       err=True)  # fmt: skip
+            ctx.exit(1)
+
+
+@click.group(cls=HostbuildGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More output (repeatable).")
 @click.option("-q", "--quiet", count=True, help="Less output (repeatable).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
@@ -180,32 +208,5 @@ def doctor(state: State) -> None:
 
 
 def main() -> None:
-    """Entry point: turns errors into messages and exit codes (the only place that exits)."""
-    debug = "--debug" in sys.argv
-    try:
-        cli.main(standalone_mode=False)
-    except HostbuildError as e:
-        click.echo(f"Error: {e.message}", err=True)
-        if e.hint:
-            click.echo(f"({e.hint})", err=True)
-        if e.log:
-            click.echo(f"log: {e.log}", err=True)
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Interrupted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:
-        logger.debug("unexpected error", exc_info=True)
-        if debug:
-            traceback.print_exc()
-        click.echo(f"Error: unexpected {type(e).__name__}: {e}", err=True)
-        click.echo("(run with --debug for the traceback)", err=True)
-        sys.exit(1)
-
-
+    """Entry point of the `hostbuild` console script."""
+    cli()

@@ -142,7 +142,10 @@ def config_files(profile: Profile) -> list[ImageFile]:
             _text("hostbuild-kubelet", "/etc/kubernetes/kubelet/config.yaml",
                   yaml.safe_dump(kubelet_config(profile.kubelet), sort_keys=False)),
         ]  # fmt: skip
-    disable = ["systemd-networkd-wait-online.service", "apt-daily.timer", "apt-daily-upgrade.timer"]
+    disable = [
+        "systemd-networkd-wait-online.service", "apt-daily.timer", "apt-daily-upgrade.timer",
+        "cni-dhcp.service", "cni-dhcp.socket", "e2scrub_reap.service", "e2scrub_all.timer",
+    ]  # fmt: skip
     files.append(_text("hostbuild-base", "/usr/lib/systemd/system-preset/80-hostbuild.preset",
                        render("preset.j2", profile=p, enable=enable, disable=disable)))  # fmt: skip
     return files

@@ -181,7 +181,8 @@ def _installed_packages(dib_output: Path) -> list[dict[str, str]]:
         raise HostbuildError(f"diskimage-builder wrote no package manifest in {manifests}")
     data = json.loads(found[0].read_text())
     return [
-        {"package": p["package"], "version": p["version"], "arch": p["arch"]}
+        # binary:Package carries ":arch" for Multi-Arch: same packages
+        {"package": p["package"].split(":")[0], "version": p["version"], "arch": p["arch"]}
         for p in data["packages"]
     ]
 

@@ -173,9 +173,11 @@ def _read_layers(ref: str, issues: list[Issue]) -> list[_Layer]:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             names = ", ".join(p.stem for p in list_profiles())
-            where = display(layers[-1].path) if layers else display(path)
-            key = "extends" if layers else ""
-            issues.append(Issue(where, key, f"no profile {display(path)!r}; profiles: {names}"))
+            if layers:
+                message = f"no profile {display(path)!r}; profiles: {names}"
+                issues.append(Issue(display(layers[-1].path), "extends", message))
+            else:
+                issues.append(Issue(display(path), "", f"no such profile; profiles: {names}"))
             break
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)

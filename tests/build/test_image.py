@@ -1,0 +1,177 @@
+"""`hostbuild image` of the stand-in worker profile: the root tree carries what the profile pins."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from builder.cli import cli
+from builder.profile import load_profile
+from tests.standin import PROFILE, artifacts
+
+pytestmark = pytest.mark.build
+
+
+@dataclass
+class Built:
+    output: Path
+    manifest: dict[str, Any]
+    tar: tarfile.TarFile
+
+    def read(self, path: str) -> bytes:
+        member = self.tar.getmember("./" + path.lstrip("/"))
+        while member.issym():
+            target = member.linkname
+            base = os.path.dirname("/" + member.name.lstrip("./"))
+            path = target if target.startswith("/") else os.path.normpath(f"{base}/{target}")
+            member = self.tar.getmember("./" + path.lstrip("/"))
+        data = self.tar.extractfile(member)
+        assert data is not None, path
+        return data.read()
+
+    def names(self) -> set[str]:
+        return {m.name.removeprefix(".") for m in self.tar.getmembers()}
+
+
+def invoke(cache: Path, *args: str) -> Any:
+    runner = CliRunner()
+    return runner.invoke(cli, ["--cache-dir", os.fspath(cache), *args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def built(
+    mirror_url: str, build_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Built]:
+    output = tmp_path_factory.mktemp("out") / "worker"
+    result = invoke(
+        build_cache, "image", "--profile", os.fspath(PROFILE), "--output", os.fspath(output),
+        "--artifact-mirror", mirror_url, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    with tarfile.open(summary["rootfs"]) as tar:
+        yield Built(output, json.loads((output / "manifest.json").read_text()), tar)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_upstream_binaries_are_the_pinned_ones(built: Built) -> None:
+    assert sha256(built.read("/usr/bin/kubelet")) == sha256(artifacts()["kubelet"])
+    crictl = tarfile.open(fileobj=__import__("io").BytesIO(artifacts()["crictl"]))
+    member = crictl.extractfile("crictl")
+    assert member is not None
+    assert built.read("/usr/bin/crictl") == member.read()
+    assert built.tar.getmember("./usr/bin/kubelet").mode & 0o111
+
+
+def test_debian_components_carry_the_pinned_versions(built: Built) -> None:
+    profile = load_profile(os.fspath(PROFILE))
+    installed = {p["package"]: p["version"] for p in built.manifest["packages"]}
+    pinned = profile.components.pinned()
+    assert installed["containerd"] == pinned["containerd"].version
+    assert installed["runc"] == pinned["runc"].version
+    assert installed["containernetworking-plugins"] == pinned["cni_plugins"].version
+    names = built.names()
+    assert {"/usr/bin/containerd", "/usr/sbin/runc", "/usr/lib/cni/bridge"} <= names
+    assert "linux-image-cloud-amd64" in installed
+    assert "linux-image-amd64" not in installed  # only the profile's kernel flavour
+
+
+def test_boot_chain_packages_are_installed(built: Built) -> None:
+    installed = {p["package"] for p in built.manifest["packages"]}
+    assert {"dracut", "systemd-boot-efi", "systemd-cryptsetup", "systemd-repart"} <= installed
+    names = built.names()
+    assert "/usr/lib/systemd/boot/efi/systemd-bootx64.efi" in names
+    assert "/usr/lib/dracut/modules.d/01systemd-veritysetup/module-setup.sh" in names
+
+
+def test_units_enabled(built: Built) -> None:
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    names = built.names()
+    assert f"{wants}/containerd.service" in names
+    assert f"{wants}/kubelet.service" in names
+    assert f"{wants}/cni-dhcp.service" not in names
+    unit = built.read("/usr/lib/systemd/system/kubelet.service").decode()
+    assert "--config=/etc/kubernetes/kubelet/config.yaml" in unit
+
+
+def test_containerd_config_parses_with_profile_values(built: Built) -> None:
+    config = tomllib.loads(built.read("/etc/containerd/config.toml").decode())
+    cri = config["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["sandbox_image"] == "registry.k8s.io/pause:3.10.1"
+    options = cri["containerd"]["runtimes"]["runc"]["options"]
+    assert options["SystemdCgroup"] is True
+    assert cri["cni"]["bin_dir"] == "/usr/lib/cni"
+
+
+def test_kubelet_configuration_carries_profile_and_extra_config(built: Built) -> None:
+    config = yaml.safe_load(built.read("/etc/kubernetes/kubelet/config.yaml"))
+    assert config["kind"] == "KubeletConfiguration"
+    assert config["apiVersion"] == "kubelet.config.k8s.io/v1beta1"
+    assert config["cgroupDriver"] == "systemd"
+    assert config["maxPods"] == 110
+    assert config["clusterDNS"] == ["10.96.0.10"]
+    assert config["evictionHard"]["memory.available"] == "100Mi"
+    assert config["serializeImagePulls"] is False  # extra_config
+    assert config["protectKernelDefaults"] is True  # extra_config
+
+
+def test_sysctls_modules_and_identity(built: Built) -> None:
+    sysctl = built.read("/usr/lib/sysctl.d/90-hostbuild.conf").decode()
+    assert "net.ipv4.ip_forward = 1" in sysctl
+    modules = built.read("/usr/lib/modules-load.d/hostbuild.conf").decode().split()
+    assert "br_netfilter" in modules and "overlay" in modules
+    release = built.read("/etc/os-release").decode()
+    assert "IMAGE_ID=worker-standin\n" in release
+    assert "IMAGE_VERSION=0.1.0\n" in release
+    assert built.read("/etc/machine-id") == b""
+
+
+def test_no_apt_indexes_left(built: Built) -> None:
+    assert not [n for n in built.names() if n.startswith("/var/lib/apt/lists/") and "_" in n]
+
+
+def test_manifest_records_inputs_and_outputs(built: Built) -> None:
+    manifest = built.manifest
+    assert manifest["name"] == "worker-standin-0.1.0"
+    assert manifest["components"]["kubelet"]["sha256"] == sha256(artifacts()["kubelet"])
+    rootfs = built.output / "worker-standin-0.1.0.rootfs.tar"
+    assert manifest["outputs"][rootfs.name]["sha256"] == sha256(rootfs.read_bytes())
+    assert manifest["files"]["/etc/containerd/config.toml"]["sha256"] == sha256(
+        built.read("/etc/containerd/config.toml")
+    )
+    assert (built.output / "build.log").stat().st_size > 0
+
+
+def test_failed_build_leaves_no_output(
+    mirror_url: str, build_cache: Path, tmp_path: Path
+) -> None:
+    profile = tmp_path / "broken.yaml"
+    profile.write_text(
+        f"extends: {PROFILE}\n"
+        "components:\n  runc:\n    source: debian\n    version: 0.0.0-hostbuild-missing\n"
+    )
+    output = tmp_path / "out"
+    result = invoke(
+        build_cache, "image", "--profile", os.fspath(profile), "--output", os.fspath(output),
+        "--artifact-mirror", mirror_url,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "command failed with exit code" in result.output
+    assert "disk-image-create" in result.output
+    assert "log: " in result.output
+    assert not output.exists()
+    assert list(tmp_path.iterdir()) == [profile]
