@@ -115,6 +115,8 @@ def archive_state(mirrors: Mirrors, release: str) -> str:
                 hint="check the network, or set debian.mirror / debian.security_mirror "
                 "in the profile to a reachable mirror",
             ) from e
-        date = next((line[5:].strip() for line in head.splitlines() if line.startswith("Date:")), "")
+        date = next(
+            (line[5:].strip() for line in head.splitlines() if line.startswith("Date:")), ""
+        )
         dates.append(f"{suite}={date}")
     return ";".join(dates)

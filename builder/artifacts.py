@@ -32,6 +32,7 @@ CATALOGUE = Path(__file__).parent / "data" / "artifacts.yaml"
 CHUNK = 1 << 20
 ATTEMPTS = 3
 TIMEOUT = 30.0
+BACKOFF = 0.5  # seconds before the second attempt; doubles after each failure
 
 
 @dataclass(frozen=True)
@@ -159,18 +160,21 @@ def fetch(artifact: Artifact, cache: Cache, mirror: str | None = None) -> Fetche
 
 def fetch_all(artifacts: Sequence[Artifact], cache: Cache, mirror: str | None) -> list[Fetched]:
     """Fetch every artifact; report all that failed together."""
-    fetched, failures = [], []
+    fetched: list[Fetched] = []
+    failed: list[tuple[Artifact, ArtifactError]] = []
     for artifact in artifacts:
         try:
             fetched.append(fetch(artifact, cache, mirror))
         except ArtifactError as e:
-            failures.append(e)
-    if failures:
-        if len(failures) == 1:
-            raise failures[0]
+            failed.append((artifact, e))
+    if len(failed) == 1:
+        raise failed[0][1]
+    if failed:
         raise ArtifactError(
-            "\n".join(f.message for f in failures),
-            hint=failures[0].hint,
+            "\n".join(e.message for _, e in failed),
+            hint="download these on a connected machine, put each at MIRROR/<path of its URL> "
+            "and pass --artifact-mirror MIRROR (a directory or an HTTP URL): "
+            + " ".join(a.url for a, _ in failed),
         )
     return fetched
 
@@ -215,7 +219,7 @@ def _download(artifact: Artifact, url: str, tmp: Path) -> int:
             last_error = str(e)
             logger.warning("%s: %s (attempt %d of %d)", url, e, attempt, ATTEMPTS)
             if attempt < ATTEMPTS:
-                time.sleep(0.5 * 2 ** (attempt - 1))
+                time.sleep(BACKOFF * 2 ** (attempt - 1))
     raise ArtifactError(
         f"cannot download {artifact.name} {artifact.version} ({artifact.arch}) from {url}: "
         f"{last_error} (after {ATTEMPTS} attempts)",

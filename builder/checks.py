@@ -8,8 +8,8 @@ import string
 import urllib.parse
 from collections.abc import Iterator
 
-from builder.components import KINDS, package_of, sha256_of, template_of
 from builder.artifacts import load_catalogue
+from builder.components import KINDS, package_of, sha256_of, template_of
 from builder.profile import Component, Kubelet, Profile, Source
 
 SUPPORTED_RELEASES = ("trixie",)
@@ -132,9 +132,12 @@ def _check_template(template: str, path: str) -> Found:
         return
     unknown = fields - {"version", "arch"}
     if unknown:
-        yield path, (
-            f"{template!r} uses unknown placeholder(s) {', '.join(sorted(unknown))}; "
-            "allowed: {version}, {arch}"
+        yield (
+            path,
+            (
+                f"{template!r} uses unknown placeholder(s) {', '.join(sorted(unknown))}; "
+                "allowed: {version}, {arch}"
+            ),
         )
     if "version" not in fields:
         yield path, f"{template!r} must contain {{version}} so each version has its own URL"
@@ -163,7 +166,10 @@ def _check_kubelet(kubelet: Kubelet) -> Found:
     for signal, value in kubelet.eviction_hard.items():
         path = f"kubelet.eviction_hard[{signal!r}]"
         if signal not in EVICTION_SIGNALS:
-            yield path, f"unknown eviction signal {signal!r}; allowed: {', '.join(EVICTION_SIGNALS)}"
+            yield (
+                path,
+                f"unknown eviction signal {signal!r}; allowed: {', '.join(EVICTION_SIGNALS)}",
+            )
         if not QUANTITY.match(value):
             yield path, f"{value!r} is not a quantity ('100Mi') or a percentage ('10%')"
     for key in kubelet.extra_config:

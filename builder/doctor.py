@@ -65,7 +65,9 @@ def _free_disk(cache: Path) -> Check:
         probe = probe.parent
     free = shutil.disk_usage(probe).free / 2**30
     return Check(
-        "free disk", free >= MIN_FREE_GIB, f"{free:.0f} GiB free under {probe} (need {MIN_FREE_GIB})"
+        "free disk",
+        free >= MIN_FREE_GIB,
+        f"{free:.0f} GiB free under {probe} (need {MIN_FREE_GIB})",
     )
 
 

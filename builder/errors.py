@@ -28,7 +28,11 @@ class Issue:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.path}: {self.message}" if self.path else f"{self.file}: {self.message}"
+        return (
+            f"{self.file}: {self.path}: {self.message}"
+            if self.path
+            else f"{self.file}: {self.message}"
+        )
 
 
 class ProfileError(HostbuildError):
@@ -41,7 +45,8 @@ class ProfileError(HostbuildError):
         count = len(self.issues)
         super().__init__(
             "\n".join(str(i) for i in self.issues),
-            hint=f"{count} problem{'s' if count != 1 else ''} in the profile; fix them and run again",
+            hint=f"{count} problem{'s' if count != 1 else ''} in the profile; "
+            "fix them and run again",
         )
 
 

@@ -145,16 +145,18 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
     plan = plan_build(profile, options, workdir)
     try:
         with step("Check inputs"):
-            state = archive_state(plan.mirrors, profile.debian.release)
             fetched = fetch_all(plan.artifacts, Cache(options.cache), options.artifact_mirror)
             for item in fetched:
-                logger.info("  %s %s: %s", item.artifact.name, item.artifact.version,
-                            "cache" if item.cache_hit else f"downloaded from {item.source}")  # fmt: skip
+                origin = "cache" if item.cache_hit else f"fetched from {item.source}"
+                logger.info("  %s %s: %s", item.artifact.name, item.artifact.version, origin)
+            state = archive_state(plan.mirrors, profile.debian.release)
         with staged_output(options.output) as staging:
             with step("Render elements"):
                 files = config_files(profile) + binary_files(fetched)
                 (workdir / "tmp").mkdir(parents=True)
-                (workdir / "debian.sources").write_text(plan.mirrors.sources(profile.debian.release))
+                (workdir / "debian.sources").write_text(
+                    plan.mirrors.sources(profile.debian.release)
+                )
                 prepare_elements(profile, files, workdir / "elements")
             environment = {**plan.dib.environment, "DIB_HOSTBUILD_BOOTSTRAP_KEY": state}
             dib = dataclasses.replace(plan.dib, environment=environment)

@@ -265,6 +265,7 @@ def load_profile(ref: str) -> Profile:
 
 def dump_profile(profile: Profile) -> str:
     """The resolved profile as YAML (what `hostbuild profiles show` prints)."""
+
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {

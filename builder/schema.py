@@ -85,7 +85,9 @@ def convert(tp: Any, value: Any, path: str, issues: list[tuple[str, str]]) -> An
         allowed = [m.value for m in tp]
         if value in allowed:
             return tp(value)
-        issues.append((path, f"{describe(value)} is not allowed; allowed: {', '.join(map(repr, allowed))}"))
+        issues.append(
+            (path, f"{describe(value)} is not allowed; allowed: {', '.join(map(repr, allowed))}")
+        )
         return INVALID
     if origin in (list, tuple):
         return _convert_list(tp, value, path, issues)
@@ -155,7 +157,9 @@ def _convert_dataclass(cls: type, value: Any, path: str, issues: list[tuple[str,
         if name not in value:
             no_default = field.default is dataclasses.MISSING
             if no_default and field.default_factory is dataclasses.MISSING:
-                issues.append((join_path(path, name), f"missing required key ({type_name(hints[name])})"))
+                issues.append(
+                    (join_path(path, name), f"missing required key ({type_name(hints[name])})")
+                )
                 failed = True
             continue
         converted = convert(hints[name], value[name], join_path(path, name), issues)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tarfile
@@ -70,10 +71,10 @@ def sha256(data: bytes) -> str:
 
 def test_upstream_binaries_are_the_pinned_ones(built: Built) -> None:
     assert sha256(built.read("/usr/bin/kubelet")) == sha256(artifacts()["kubelet"])
-    crictl = tarfile.open(fileobj=__import__("io").BytesIO(artifacts()["crictl"]))
-    member = crictl.extractfile("crictl")
-    assert member is not None
-    assert built.read("/usr/bin/crictl") == member.read()
+    with tarfile.open(fileobj=io.BytesIO(artifacts()["crictl"])) as crictl:
+        member = crictl.extractfile("crictl")
+        assert member is not None
+        assert built.read("/usr/bin/crictl") == member.read()
     assert built.tar.getmember("./usr/bin/kubelet").mode & 0o111
 
 
@@ -156,9 +157,7 @@ def test_manifest_records_inputs_and_outputs(built: Built) -> None:
     assert (built.output / "build.log").stat().st_size > 0
 
 
-def test_failed_build_leaves_no_output(
-    mirror_url: str, build_cache: Path, tmp_path: Path
-) -> None:
+def test_failed_build_leaves_no_output(mirror_url: str, build_cache: Path, tmp_path: Path) -> None:
     profile = tmp_path / "broken.yaml"
     profile.write_text(
         f"extends: {PROFILE}\n"

@@ -63,7 +63,7 @@ def server() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(artifacts.time, "sleep", lambda _: None)
+    monkeypatch.setattr(artifacts, "BACKOFF", 0.0)
 
 
 def artifact(url: str, sha256: str = DIGEST) -> Artifact:
@@ -185,5 +185,7 @@ def test_fetch_all_reports_every_failure(server: str, tmp_path: Path) -> None:
 
 def test_mirror_location() -> None:
     url = "https://host.example.test/a/b/file.tgz"
-    assert mirror_location(url, "http://m.example.test/x/") == "http://m.example.test/x/a/b/file.tgz"
+    assert (
+        mirror_location(url, "http://m.example.test/x/") == "http://m.example.test/x/a/b/file.tgz"
+    )
     assert mirror_location(url, "/srv/mirror") == "/srv/mirror/a/b/file.tgz"

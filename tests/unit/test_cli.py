@@ -1,0 +1,132 @@
+"""The CLI through click's runner: exit codes and whole outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder import image as image_module
+from builder.apt import Mirrors
+from tests.conftest import Cli
+from tests.standin import PROFILE, make_mirror
+
+MIRRORS = Mirrors("http://deb.example.test/debian", "http://deb.example.test/debian-security")
+
+
+@pytest.fixture(autouse=True)
+def fixed_mirrors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests never read the host's apt configuration or reach a Debian mirror."""
+    monkeypatch.setattr(image_module, "resolve_mirrors", lambda debian: MIRRORS)
+
+
+def test_profiles_lists_names_versions_descriptions(run_cli: Cli) -> None:
+    result = run_cli("profiles")
+    assert result.exit_code == 0
+    assert result.output == (
+        "base             0.1.0      Minimal immutable Debian host\n"
+        "worker           0.1.0      Kubernetes 1.35 worker node (containerd 1.7 from Debian)\n"
+    )
+
+
+def test_profiles_show_prints_the_resolved_profile(run_cli: Cli) -> None:
+    result = run_cli("profiles", "show", "worker")
+    assert result.exit_code == 0
+    assert result.output.startswith("# worker: profiles/base.yaml -> profiles/worker.yaml\n")
+    assert "  kubelet:\n    source: upstream\n    version: 1.35.8\n" in result.output
+    assert "  cmdline:\n  - console=ttyS0,115200\n" in result.output
+
+
+def test_bad_profile_exits_2_with_every_problem(run_cli: Cli) -> None:
+    result = run_cli("image", "--profile", "tests/data/profiles/bad_missing.yaml")
+    assert result.exit_code == 2
+    assert result.output == (
+        "Error: tests/data/profiles/bad_missing.yaml: debian.release: missing required key "
+        "(a string)\n"
+        "tests/data/profiles/bad_missing.yaml: kernel: missing required key (a mapping)\n"
+        "(2 problems in the profile; fix them and run again)\n"
+    )
+    assert "Traceback" not in result.output
+
+
+def test_unknown_profile_name(run_cli: Cli) -> None:
+    result = run_cli("profiles", "show", "nope")
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        "Error: profiles/nope.yaml: no such profile; profiles: base, worker\n"
+    )
+
+
+def test_bad_option_is_a_usage_error(run_cli: Cli) -> None:
+    result = run_cli("image")
+    assert result.exit_code == 2
+    assert "Missing option '--profile'" in result.output
+
+
+def test_dry_run_prints_inputs_and_dib_command_and_changes_nothing(
+    run_cli: Cli, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    result = run_cli("image", "--profile", "worker", "--output", str(output), "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["profile"] == "worker"
+    assert plan["debian"]["mirror"] == "http://deb.example.test/debian"
+    assert plan["debian"]["pinned"]["containerd"] == "1.7.24~ds1-6+deb13u1"
+    assert [a["name"] for a in plan["artifacts"]] == ["crictl", "kubelet"]
+    assert (
+        plan["artifacts"][1]["url"] == "https://dl.k8s.io/release/v1.35.8/bin/linux/amd64/kubelet"
+    )
+    command = plan["dib_command"]
+    assert "DIB_RELEASE=trixie" in command
+    assert "DIB_DISTRIBUTION_MIRROR=http://deb.example.test/debian" in command
+    assert "-t tar -n" in command
+    assert "containerd=1.7.24~ds1-6+deb13u1" in command
+    assert command.endswith(
+        "hostbuild-debian hostbuild-base hostbuild-boot hostbuild-containerd hostbuild-crictl "
+        "hostbuild-kubelet"
+    )
+    assert not output.exists()
+    assert not run_cli.cache.exists()
+
+
+def test_image_stops_early_naming_the_unreachable_artifact(run_cli: Cli, tmp_path: Path) -> None:
+    result = run_cli(
+        "image", "--profile", "worker", "--output", str(tmp_path / "out"),
+        "--artifact-mirror", str(tmp_path / "empty-mirror"),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[-4].startswith("Error: crictl 1.35.0 (amd64) is not in the mirror: ")
+    assert lines[-3].startswith("kubelet 1.35.8 (amd64) is not in the mirror: ")
+    assert lines[-2].startswith(
+        "(download these on a connected machine, put each at MIRROR/<path of its URL> and pass "
+    )
+    assert lines[-1].startswith(f"log: {run_cli.cache}/logs/worker-0.1.0-")
+    assert not (tmp_path / "out").exists()
+    assert not (run_cli.cache / "work").exists() or not any((run_cli.cache / "work").iterdir())
+
+
+def test_artifacts_fetch_table(run_cli: Cli, tmp_path: Path) -> None:
+    mirror = make_mirror(tmp_path / "mirror")
+    first = run_cli(
+        "artifacts", "fetch", "--profile", str(PROFILE), "--artifact-mirror", str(mirror)
+    )
+    assert first.exit_code == 0, first.output
+    lines = first.output.splitlines()
+    assert lines[0].split() == ["ARTIFACT", "VERSION", "SIZE", "CACHE", "SHA256"]
+    assert lines[1].split()[:2] == ["crictl", "1.35.0"] and lines[1].split()[3] == "miss"
+    assert lines[2].split()[:2] == ["kubelet", "1.35.8"] and lines[2].split()[3] == "miss"
+    again = run_cli("artifacts", "fetch", "--profile", str(PROFILE))
+    assert [line.split()[3] for line in again.output.splitlines()[1:]] == ["hit", "hit"]
+
+
+def test_doctor_reports_each_check(run_cli: Cli) -> None:
+    result = run_cli("doctor")
+    names = [line.split()[1] for line in result.output.splitlines() if line[:2] in ("ok", "MI")]
+    assert names[:3] == ["root", "mmdebstrap", "sudo"]
+    assert "loop" in names and "free" in names
+    assert result.exit_code in (0, 1)
+    if result.exit_code == 1:
+        assert "(run: apt-get install -y" in result.output or "MISSING" in result.output
