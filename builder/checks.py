@@ -10,10 +10,12 @@ from collections.abc import Iterator
 
 from builder.artifacts import load_catalogue
 from builder.components import KINDS, package_of, sha256_of, template_of
+from builder.lock import load_lock, lock_path
 from builder.profile import Component, Kubelet, Profile, Source
+from builder.skew import RULES, evaluate_skew
+from builder.versions import parse_os_version
 
 SUPPORTED_RELEASES = ("trixie",)
-OS_VERSION = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
 DEBIAN_VERSION = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")
 UPSTREAM_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$")
 DEBIAN_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -56,8 +58,10 @@ def check_profile(profile: Profile) -> list[tuple[str, str]]:
 
 
 def _check_os(profile: Profile) -> Found:
-    if not OS_VERSION.match(profile.version):
-        yield "version", f"{profile.version!r} is not an OS version X.Y.Z (e.g. '1.2.3')"
+    try:
+        parse_os_version(profile.version, build=False)
+    except ValueError as e:
+        yield "version", str(e)
     if profile.debian.release not in SUPPORTED_RELEASES:
         allowed = ", ".join(map(repr, SUPPORTED_RELEASES))
         yield "debian.release", f"{profile.debian.release!r} is not supported; allowed: {allowed}"
@@ -195,3 +199,45 @@ def _check_requirements(profile: Profile) -> Found:
             yield "kubelet", "missing: components.kubelet is pinned but has no configuration"
     if "containerd" in pinned and profile.containerd is None:
         yield "containerd", "missing: components.containerd is pinned but has no configuration"
+
+
+def check_versions(profile: Profile) -> list[tuple[str, str]]:
+    """Rules across components (skew, upgrade path): reported against the profile being loaded."""
+    return list(_check_versions(profile))
+
+
+def _check_versions(profile: Profile) -> Found:
+    override = profile.skew_override
+    if override is not None:
+        if not override.reason.strip():
+            yield "skew_override.reason", "must say why the rules do not apply"
+        for i, rule in enumerate(override.rules):
+            if rule not in RULES:
+                allowed = ", ".join(RULES)
+                yield f"skew_override.rules[{i}]", f"unknown rule {rule!r}; rules: {allowed}"
+    upgrade_kubelet = None
+    if profile.upgrade_from is not None:
+        try:
+            old = parse_os_version(profile.upgrade_from, build=False)
+            new = parse_os_version(profile.version, build=False)
+        except ValueError as e:
+            yield "upgrade_from", str(e)
+            return
+        lock = load_lock(lock_path(profile.path))
+        upgrade_kubelet = lock.kubelet_of(old.release)
+        if old >= new:
+            yield "upgrade_from", f"{old} is not older than this version {new}"
+        elif not lock.kubelet_of(old.release) and old.release not in lock.releases():
+            recorded = ", ".join(lock.releases()) or "none"
+            yield (
+                "upgrade_from",
+                f"{old} is not a recorded build in {lock.path.name} (recorded: {recorded})",
+            )
+    for violation in evaluate_skew(profile, upgrade_kubelet)[0]:
+        yield (
+            violation.path,
+            (
+                f"{violation.message} (rule {violation.rule}; only "
+                f"skew_override: {{rules: [{violation.rule}], reason: ...}} gets past it)"
+            ),
+        )

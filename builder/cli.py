@@ -19,6 +19,7 @@ from builder.errors import HostbuildError
 from builder.image import BuildOptions, build_image, image_name, plan_build
 from builder.log import current_log_file, log_file, setup_logging
 from builder.profile import display, dump_profile, list_profiles, load_profile
+from builder.skew import supported_api_servers
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,12 @@ def profiles_show(name: str) -> None:
     profile = load_profile(name)
     chain = " -> ".join(display(p) for p in profile.chain)
     click.echo(f"# {profile.name}: {chain}")
+    if kubelet := profile.components.kubelet:
+        servers = supported_api_servers(kubelet.version)
+        click.echo(
+            f"# kubelet {kubelet.version} supports API servers {servers[0]} to {servers[-1]} "
+            "(kubelet may be older than the API server, never newer)"
+        )
     click.echo(dump_profile(profile), nl=False)
 
 
@@ -137,9 +144,14 @@ def artifacts_fetch(state: State, profile_ref: str, artifact_mirror: str | None)
 @profile_option
 @click.option(
     "--output", type=click.Path(path_type=Path), metavar="DIR",
-    help="Output directory [default: output/PROFILE-VERSION].",
+    help="Output directory [default: output/PROFILE].",
 )  # fmt: skip
 @mirror_option
+@click.option(
+    "--lock", type=click.Path(path_type=Path), metavar="FILE",
+    help="The lock the build number is derived from and recorded in "
+    "[default: PROFILE.lock.json next to the profile].",
+)  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the resolved inputs and the DIB command.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
 @pass_state
@@ -148,13 +160,14 @@ def image(
     profile_ref: str,
     output: Path | None,
     artifact_mirror: str | None,
+    lock: Path | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
     """Build the image of a profile (for now: its verified root tree and manifest)."""
     profile = load_profile(profile_ref)
-    output = (output or Path("output") / image_name(profile)).absolute()
-    options = BuildOptions(output=output, cache=state.cache, artifact_mirror=artifact_mirror)
+    output = (output or Path("output") / profile.name).absolute()
+    options = BuildOptions(output, state.cache, artifact_mirror, lock)
     if dry_run:
         plan = plan_build(profile, options, state.cache / "work" / f"{image_name(profile)}-PID")
         _emit(plan.describe() | {"output": os.fspath(output)}, as_json)

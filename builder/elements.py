@@ -101,9 +101,13 @@ def _text(element: str, path: str, text: str, mode: int = 0o644) -> ImageFile:
     return ImageFile(element, path, text.encode(), mode)
 
 
-def config_files(profile: Profile) -> list[ImageFile]:
-    """Every configuration file rendered from the profile."""
+def config_files(profile: Profile, build: int) -> list[ImageFile]:
+    """Every configuration file rendered from the profile, for its `build`-th build."""
     p = profile.name
+    release = render(
+        "hostbuild-release.j2", image_id=p, version_id=profile.version,
+        image_version=f"{profile.version}-{build}", debian_release=profile.debian.release,
+    )  # fmt: skip
     enable = ["systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service"]
     files = [
         _text("hostbuild-base", "/usr/lib/sysctl.d/90-hostbuild.conf",
@@ -114,8 +118,7 @@ def config_files(profile: Profile) -> list[ImageFile]:
               render("dhcp.network")),
         _text("hostbuild-base", "/usr/lib/systemd/journald.conf.d/hostbuild.conf",
               render("journald.conf")),
-        _text("hostbuild-base", "/usr/lib/hostbuild/os-release",
-              render("hostbuild-release.j2", profile=p, image_id=p, image_version=profile.version)),
+        _text("hostbuild-base", "/usr/lib/hostbuild/os-release", release),
     ]  # fmt: skip
     for f in profile.files:
         files.append(_text("hostbuild-base", f.path, f.content, int(f.mode, 8)))

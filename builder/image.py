@@ -25,10 +25,12 @@ import yaml
 
 from builder import __version__
 from builder.apt import Mirrors, archive_state, resolve_mirrors
-from builder.artifacts import Artifact, Cache, Fetched, fetch_all, sha256_file
+from builder.artifacts import CATALOGUE, Artifact, Cache, Fetched, fetch_all, sha256_file
 from builder.components import debian_pins, upstream_artifacts
 from builder.dib import DibInvocation
 from builder.elements import (
+    ELEMENTS_DIR,
+    TEMPLATES,
     ImageFile,
     binary_files,
     config_files,
@@ -36,9 +38,12 @@ from builder.elements import (
     prepare_elements,
 )
 from builder.errors import HostbuildError
+from builder.lock import inputs_digest, load_lock, lock_path, tree_digest
 from builder.log import step
 from builder.manifest import write_manifest
 from builder.profile import Profile, dump_profile
+from builder.skew import evaluate_skew, supported_api_servers
+from builder.versions import minor_of, parse_os_version
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ class BuildOptions:
     output: Path
     cache: Path
     artifact_mirror: str | None = None
+    lock: Path | None = None  # default: next to the profile
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,20 @@ class Plan:
         }
 
 
-def image_name(profile: Profile) -> str:
-    return f"{profile.name}-{profile.version}"
+def image_name(profile: Profile, build: int | None = None) -> str:
+    """`worker-1.2.3-4`: the profile and the OS version of this build (without N: all builds)."""
+    version = profile.version if build is None else f"{profile.version}-{build}"
+    return f"{profile.name}-{version}"
+
+
+def build_inputs(plan: Plan, archive: str) -> dict[str, Any]:
+    """Everything that decides the image's content: what the build number is derived from."""
+    return {
+        "profile": yaml.safe_load(dump_profile(plan.profile)),
+        "artifacts": {a.name: {"version": a.version, "sha256": a.sha256} for a in plan.artifacts},
+        "debian_archive": archive,
+        "hostbuild": tree_digest(ELEMENTS_DIR, TEMPLATES, CATALOGUE.parent),
+    }
 
 
 def plan_build(profile: Profile, options: BuildOptions, workdir: Path) -> Plan:
@@ -150,9 +168,15 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
                 origin = "cache" if item.cache_hit else f"fetched from {item.source}"
                 logger.info("  %s %s: %s", item.artifact.name, item.artifact.version, origin)
             state = archive_state(plan.mirrors, profile.debian.release)
+            lock = load_lock(options.lock or lock_path(profile.path))
+            inputs = inputs_digest(build_inputs(plan, state))
+            build = lock.build_number(parse_os_version(profile.version), inputs)
+            name = image_name(profile, build)
+            logger.info("  version %s-%d (inputs %s, lock %s)", profile.version, build, inputs[:12],
+                        lock.path)  # fmt: skip
         with staged_output(options.output) as staging:
             with step("Render elements"):
-                files = config_files(profile) + binary_files(fetched)
+                files = config_files(profile, build) + binary_files(fetched)
                 (workdir / "tmp").mkdir(parents=True)
                 (workdir / "debian.sources").write_text(
                     plan.mirrors.sources(profile.debian.release)
@@ -163,14 +187,24 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
             with step(f"Build root tree with diskimage-builder ({', '.join(dib.elements)})"):
                 dib.run()
             with step("Check root tree"):
-                rootfs = staging / f"{image_name(profile)}.rootfs.tar"
+                rootfs = staging / f"{name}.rootfs.tar"
                 shutil.move(dib.output.with_name(f"{dib.output.name}.tar"), rootfs)
                 packages = _installed_packages(dib.output)
                 _check_pins(plan.pins, packages, log)
                 tree_bytes = _tree_size(rootfs)
             manifest = _manifest(plan, fetched, files, packages, rootfs, tree_bytes, started)
+            manifest.update(
+                name=name, version=f"{profile.version}-{build}", os_version=profile.version,
+                build_number=build, inputs_digest=inputs, lock=os.fspath(lock.path),
+            )  # fmt: skip
             write_manifest(staging, manifest)
             shutil.copyfile(log, staging / "build.log")
+        lock.record({
+            "version": manifest["version"], "inputs": inputs, "built_at": manifest["built_at"],
+            "kubelet": manifest["components"].get("kubelet", {}).get("version"),
+            "artifacts": {n: c.get("sha256") for n, c in manifest["components"].items()},
+            "packages": {p["package"]: p["version"] for p in packages},
+        })  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return manifest
@@ -225,15 +259,21 @@ def _manifest(
             if item.artifact.name == name:
                 entry.update(url=item.artifact.url, sha256=item.artifact.sha256)
         components[name] = entry
+    kubelet = profile.components.kubelet
+    _, overrides = evaluate_skew(profile, None)
     return {
-        "name": image_name(profile),
         "profile": profile.name,
         "profile_files": {
             os.fspath(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in profile.chain
         },
         "resolved_profile": yaml.safe_load(dump_profile(profile)),
-        "version": profile.version,
         "arch": profile.arch.value,
+        "skew": {
+            "kubernetes": minor_of(kubelet.version) if kubelet else None,
+            "api_servers_supported": supported_api_servers(kubelet.version) if kubelet else [],
+            "overrides": overrides,
+        },
+        "upgrade_from": profile.upgrade_from,
         "debian": plan.describe()["debian"],
         "components": components,
         "files": {f.path: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in files},

@@ -109,6 +109,14 @@ class Kubelet:
 
 
 @dataclass(frozen=True)
+class SkewOverride:
+    """The only way past a compatibility rule: name the rules and say why."""
+
+    rules: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
 class Profile:
     """A resolved profile: everything a build needs to know about the image."""
 
@@ -122,6 +130,8 @@ class Profile:
     components: Components = field(default_factory=Components)
     containerd: Containerd | None = None
     kubelet: Kubelet | None = None
+    skew_override: SkewOverride | None = None
+    upgrade_from: str | None = None
     name: str = field(default="", metadata={"internal": True})
     path: Path = field(default=Path(), metadata={"internal": True})
     chain: tuple[Path, ...] = field(default=(), metadata={"internal": True})
@@ -236,7 +246,7 @@ def _origin_of(path: str, origins: dict[str, Path], default: Path) -> Path:
 
 def load_profile(ref: str) -> Profile:
     """Load, merge and validate a profile; raise ProfileError listing every problem."""
-    from builder.checks import check_profile
+    from builder.checks import check_profile, check_versions
 
     issues: list[Issue] = []
     layers = _read_layers(ref, issues)
@@ -257,6 +267,7 @@ def load_profile(ref: str) -> Profile:
         located += [
             Issue(display(_origin_of(p, origins, leaf)), p, m) for p, m in check_profile(profile)
         ]
+        located += [Issue(display(leaf), p, m) for p, m in check_versions(profile)]
     if located:
         raise ProfileError(located)
     assert isinstance(profile, Profile)

@@ -55,9 +55,10 @@ def built(
     mirror_url: str, build_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Built]:
     output = tmp_path_factory.mktemp("out") / "worker"
+    lock = output.with_name("worker-standin.lock.json")
     result = invoke(
         build_cache, "image", "--profile", os.fspath(PROFILE), "--output", os.fspath(output),
-        "--artifact-mirror", mirror_url, "--json",
+        "--artifact-mirror", mirror_url, "--lock", os.fspath(lock), "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -137,7 +138,9 @@ def test_sysctls_modules_and_identity(built: Built) -> None:
     assert "br_netfilter" in modules and "overlay" in modules
     release = built.read("/etc/os-release").decode()
     assert "IMAGE_ID=worker-standin\n" in release
-    assert "IMAGE_VERSION=0.1.0\n" in release
+    assert "IMAGE_VERSION=0.1.0-1\n" in release
+    assert "VERSION_ID=0.1.0\n" in release
+    assert "ID=hostbuild\n" in release and "ID_LIKE=debian\n" in release
     assert built.read("/etc/machine-id") == b""
 
 
@@ -147,9 +150,13 @@ def test_no_apt_indexes_left(built: Built) -> None:
 
 def test_manifest_records_inputs_and_outputs(built: Built) -> None:
     manifest = built.manifest
-    assert manifest["name"] == "worker-standin-0.1.0"
+    assert manifest["name"] == "worker-standin-0.1.0-1"
+    assert (manifest["version"], manifest["os_version"], manifest["build_number"]) == (
+        "0.1.0-1", "0.1.0", 1,
+    )  # fmt: skip
+    assert manifest["skew"]["api_servers_supported"] == ["1.35", "1.36", "1.37", "1.38"]
     assert manifest["components"]["kubelet"]["sha256"] == sha256(artifacts()["kubelet"])
-    rootfs = built.output / "worker-standin-0.1.0.rootfs.tar"
+    rootfs = built.output / "worker-standin-0.1.0-1.rootfs.tar"
     assert manifest["outputs"][rootfs.name]["sha256"] == sha256(rootfs.read_bytes())
     assert manifest["files"]["/etc/containerd/config.toml"]["sha256"] == sha256(
         built.read("/etc/containerd/config.toml")
@@ -157,16 +164,25 @@ def test_manifest_records_inputs_and_outputs(built: Built) -> None:
     assert (built.output / "build.log").stat().st_size > 0
 
 
+def test_lock_records_the_build(built: Built) -> None:
+    lock = json.loads(built.output.with_name("worker-standin.lock.json").read_text())
+    [entry] = lock["builds"]
+    assert entry["version"] == "0.1.0-1"
+    assert entry["inputs"] == built.manifest["inputs_digest"]
+    assert entry["kubelet"] == "1.35.8"
+    assert entry["packages"]["containerd"] == "1.7.24~ds1-6+deb13u1"
+
+
 def test_failed_build_leaves_no_output(mirror_url: str, build_cache: Path, tmp_path: Path) -> None:
     profile = tmp_path / "broken.yaml"
     profile.write_text(
         f"extends: {PROFILE}\n"
-        "components:\n  runc:\n    source: debian\n    version: 0.0.0-hostbuild-missing\n"
+        "components:\n  runc:\n    source: debian\n    version: 1.1.15+ds1-99hostbuild-missing\n"
     )
     output = tmp_path / "out"
     result = invoke(
         build_cache, "image", "--profile", os.fspath(profile), "--output", os.fspath(output),
-        "--artifact-mirror", mirror_url,
+        "--artifact-mirror", mirror_url, "--lock", os.fspath(tmp_path / "broken.lock.json"),
     )  # fmt: skip
     assert result.exit_code == 1
     assert "command failed with exit code" in result.output

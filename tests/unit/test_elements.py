@@ -28,7 +28,7 @@ UPDATE = os.environ.get("HOSTBUILD_UPDATE_GOLDEN") == "1"
 
 @pytest.mark.parametrize("name", ["worker", "base"])
 def test_rendered_files_match_golden(name: str) -> None:
-    rendered = {f.path: f for f in config_files(load_profile(name))}
+    rendered = {f.path: f for f in config_files(load_profile(name), build=1)}
     root = GOLDEN / name
     if UPDATE:
         for f in rendered.values():
@@ -49,7 +49,7 @@ def test_extra_config_merges_into_kubelet_configuration() -> None:
     # a nested mapping merges with hostbuild's defaults instead of replacing them
     assert config["authentication"]["anonymous"] == {"enabled": True}
     assert config["authentication"]["webhook"] == {"enabled": True}
-    unit = next(f for f in config_files(child) if f.path.endswith("kubelet.service"))
+    unit = next(f for f in config_files(child, build=1) if f.path.endswith("kubelet.service"))
     assert b"  --node-ip=10.0.0.5 \\\n  $KUBELET_EXTRA_ARGS\n" in unit.content
 
 
@@ -112,7 +112,7 @@ def test_archive_without_expected_member_is_an_error(tmp_path: Path) -> None:
 
 def test_prepare_elements_writes_each_elements_files(tmp_path: Path) -> None:
     profile = load_profile("worker")
-    files = config_files(profile)
+    files = config_files(profile, build=1)
     names = prepare_elements(profile, files, tmp_path / "elements")
     assert names == image_elements(profile)
     config = tmp_path / "elements/hostbuild-containerd/files/etc/containerd/config.toml"

@@ -1,0 +1,61 @@
+"""The build number is derived from the lock: same inputs, same N; changed inputs, next N."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.errors import HostbuildError
+from builder.lock import inputs_digest, load_lock, lock_path, tree_digest
+from builder.versions import parse_os_version
+
+V = parse_os_version("1.2.3")
+
+
+def entry(version: str, inputs: str) -> dict[str, str]:
+    return {"version": version, "inputs": inputs, "kubelet": "1.35.8"}
+
+
+def test_first_build_is_one(tmp_path: Path) -> None:
+    assert load_lock(tmp_path / "x.lock.json").build_number(V, "a") == 1
+
+
+def test_same_inputs_same_number_changed_inputs_next(tmp_path: Path) -> None:
+    lock = load_lock(tmp_path / "x.lock.json")
+    lock.record(entry("1.2.3-1", "a"))
+    lock.record(entry("1.2.3-2", "b"))
+    again = load_lock(tmp_path / "x.lock.json")  # read back from disk: nothing kept in memory
+    assert again.build_number(V, "a") == 1
+    assert again.build_number(V, "b") == 2
+    assert again.build_number(V, "c") == 3
+    assert again.build_number(parse_os_version("1.2.4"), "a") == 1  # a new release starts at 1
+    assert again.kubelet_of("1.2.3") == "1.35.8"
+    assert again.releases() == ["1.2.3"]
+
+
+def test_inputs_digest_is_canonical() -> None:
+    assert inputs_digest({"a": 1, "b": [1, 2]}) == inputs_digest({"b": [1, 2], "a": 1})
+    assert inputs_digest({"a": 1}) != inputs_digest({"a": 2})
+
+
+def test_tree_digest_follows_content(tmp_path: Path) -> None:
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "f").write_text("one")
+    first = tree_digest(tmp_path / "e")
+    assert tree_digest(tmp_path / "e") == first
+    (tmp_path / "e" / "f").write_text("two")
+    assert tree_digest(tmp_path / "e") != first
+
+
+def test_lock_path_next_to_profile() -> None:
+    assert lock_path(Path("profiles/worker.yaml")) == Path("profiles/worker.lock.json")
+
+
+def test_corrupt_lock_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock.json"
+    path.write_text('{"builds": [{"version": "1.2.3", "inputs": "a"}]}')
+    with pytest.raises(
+        HostbuildError, match="not a hostbuild lock file: '1.2.3' has no build number"
+    ):
+        load_lock(path)
