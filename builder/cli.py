@@ -184,7 +184,7 @@ def image(
     result = {
         "name": manifest["name"],
         "output": os.fspath(output),
-        "rootfs": os.fspath(output / next(iter(manifest["outputs"]))),
+        "outputs": {name: os.fspath(output / name) for name in manifest["outputs"]},
         "manifest": os.fspath(output / "manifest.json"),
         "log": os.fspath(output / "build.log"),
         "tree_bytes": manifest["tree_bytes"],

@@ -25,6 +25,8 @@ COMMANDS = {
     "mcopy": "mtools",
     "mkfs.vfat": "dosfstools",
     "losetup": "mount",
+    "bwrap": "bubblewrap",
+    "zstd": "zstd",
 }
 
 

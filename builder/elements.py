@@ -120,6 +120,8 @@ def config_files(profile: Profile, build: int) -> list[ImageFile]:
               render("journald.conf")),
         _text("hostbuild-base", "/usr/lib/hostbuild/os-release", release),
     ]  # fmt: skip
+    files += boot_files() + node_files()
+    enable += ["ssh.service", "hostbuild-health.service"]
     for f in profile.files:
         files.append(_text("hostbuild-base", f.path, f.content, int(f.mode, 8)))
     pinned = profile.components.pinned()
@@ -152,6 +154,45 @@ def config_files(profile: Profile, build: int) -> list[ImageFile]:
     files.append(_text("hostbuild-base", "/usr/lib/systemd/system-preset/80-hostbuild.preset",
                        render("preset.j2", profile=p, enable=enable, disable=disable)))  # fmt: skip
     return files
+
+
+def boot_files() -> list[ImageFile]:
+    """The initrd's configuration: dracut settings and the tree dracut --include's."""
+    initrd = "/usr/lib/hostbuild/initrd"
+    system = f"{initrd}/usr/lib/systemd/system"
+    return [
+        _text("hostbuild-boot", "/etc/dracut.conf.d/90-hostbuild.conf", render("dracut.conf")),
+        _text("hostbuild-boot", f"{initrd}/usr/lib/repart.d/50-hostbuild-var.conf",
+              render("initrd/repart-var.conf")),
+        _text("hostbuild-boot", f"{system}/systemd-repart.service.d/50-hostbuild.conf",
+              render("initrd/repart-dropin.conf")),
+        _text("hostbuild-boot", f"{system}/systemd-veritysetup@root.service.d/50-hostbuild.conf",
+              render("initrd/verity-dropin.conf")),
+        _text("hostbuild-boot", f"{system}/hostbuild-machine-id.service",
+              render("initrd/machine-id.service")),
+        _text("hostbuild-boot", f"{system}/initrd.target.d/50-hostbuild.conf",
+              render("initrd/initrd-target-dropin.conf")),
+        _text("hostbuild-boot", f"{initrd}/usr/lib/hostbuild/repart-root-disk",
+              render("initrd/repart-root-disk"), 0o755),
+        _text("hostbuild-boot", f"{initrd}/usr/lib/hostbuild/machine-id",
+              render("initrd/machine-id"), 0o755),
+    ]  # fmt: skip
+
+
+def node_files() -> list[ImageFile]:
+    """What the running node needs from hostbuild: mounts, the health gate, gated SSH."""
+    health = (Path(__file__).parent / "node" / "health.py").read_text()
+    return [
+        _text("hostbuild-base", "/usr/lib/hostbuild/fstab", render("fstab")),
+        _text("hostbuild-base", "/usr/lib/hostbuild/health.py", health),
+        _text("hostbuild-base", "/usr/lib/systemd/system/hostbuild-health.service",
+              render("health.service")),
+        _text("hostbuild-base", "/etc/ssh/sshd_config.d/50-hostbuild.conf", render("sshd.conf")),
+        _text("hostbuild-base", "/usr/lib/systemd/system/ssh.service.d/50-hostbuild.conf",
+              render("ssh-dropin.conf")),
+        _text("hostbuild-base", "/usr/lib/tmpfiles.d/hostbuild-ssh.conf",
+              render("ssh-tmpfiles.conf")),
+    ]  # fmt: skip
 
 
 def binary_files(fetched: list[Fetched]) -> list[ImageFile]:

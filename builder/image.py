@@ -26,6 +26,7 @@ import yaml
 from builder import __version__
 from builder.apt import Mirrors, archive_state, resolve_mirrors
 from builder.artifacts import CATALOGUE, Artifact, Cache, Fetched, fetch_all, sha256_file
+from builder.assemble import assemble_image, source_date_epoch, write_json
 from builder.components import debian_pins, upstream_artifacts
 from builder.dib import DibInvocation
 from builder.elements import (
@@ -42,7 +43,9 @@ from builder.lock import inputs_digest, load_lock, lock_path, tree_digest
 from builder.log import step
 from builder.manifest import write_manifest
 from builder.profile import Profile, dump_profile
+from builder.sbom import build_sbom
 from builder.skew import evaluate_skew, supported_api_servers
+from builder.toolstree import ensure_tools_tree
 from builder.versions import minor_of, parse_os_version
 
 logger = logging.getLogger(__name__)
@@ -172,6 +175,7 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
             inputs = inputs_digest(build_inputs(plan, state))
             build = lock.build_number(parse_os_version(profile.version), inputs)
             name = image_name(profile, build)
+            tools = ensure_tools_tree(options.cache, plan.mirrors.main)
             logger.info("  version %s-%d (inputs %s, lock %s)", profile.version, build, inputs[:12],
                         lock.path)  # fmt: skip
         with staged_output(options.output) as staging:
@@ -187,16 +191,29 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
             with step(f"Build root tree with diskimage-builder ({', '.join(dib.elements)})"):
                 dib.run()
             with step("Check root tree"):
-                rootfs = staging / f"{name}.rootfs.tar"
-                shutil.move(dib.output.with_name(f"{dib.output.name}.tar"), rootfs)
+                rootfs = dib.output.with_name(f"{dib.output.name}.tar")
                 packages = _installed_packages(dib.output)
                 _check_pins(plan.pins, packages, log)
                 tree_bytes = _tree_size(rootfs)
-            manifest = _manifest(plan, fetched, files, packages, rootfs, tree_bytes, started)
+            version = f"{profile.version}-{build}"
+            epoch = source_date_epoch(state)
+            assembly = assemble_image(
+                profile, name, version, rootfs, workdir / "assemble", staging, tools, epoch
+            )
+            manifest = _manifest(plan, fetched, files, packages, tree_bytes, started)
             manifest.update(
-                name=name, version=f"{profile.version}-{build}", os_version=profile.version,
+                name=name, version=version, os_version=profile.version,
                 build_number=build, inputs_digest=inputs, lock=os.fspath(lock.path),
+                **assembly.record,
             )  # fmt: skip
+            sbom = write_json(staging / f"{name}.spdx.json", build_sbom(manifest, epoch))
+            with step("Checksums"):
+                manifest["outputs"] = {
+                    path.relative_to(staging).as_posix(): {
+                        "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                    }
+                    for path in [*assembly.outputs.values(), sbom]
+                }  # fmt: skip
             write_manifest(staging, manifest)
             shutil.copyfile(log, staging / "build.log")
         lock.record({
@@ -247,7 +264,6 @@ def _manifest(
     fetched: list[Fetched],
     files: list[ImageFile],
     packages: list[dict[str, str]],
-    rootfs: Path,
     tree_bytes: int,
     started: float,
 ) -> dict[str, Any]:
@@ -278,9 +294,6 @@ def _manifest(
         "components": components,
         "files": {f.path: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in files},
         "packages": packages,
-        "outputs": {
-            rootfs.name: {"sha256": sha256_file(rootfs), "bytes": rootfs.stat().st_size},
-        },
         "tree_bytes": tree_bytes,
         "builder": {"hostbuild": __version__, "elements": list(plan.dib.elements)},
         "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

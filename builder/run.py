@@ -96,3 +96,60 @@ def stream(
         returncode = proc.wait()
     if returncode != 0:
         raise CommandError(args, returncode, list(tail), current_log_file())
+
+
+class Spawned:
+    """A background command started by `spawn`: poll it, wait for it, stop it."""
+
+    def __init__(self, argv: Sequence[str], proc: subprocess.Popen[bytes]) -> None:
+        self.argv = list(argv)
+        self._proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        """The exit code, or None while the command runs."""
+        return self._proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to `timeout` seconds; the exit code, or None if it still runs."""
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def terminate(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    output: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Spawned:
+    """Start a long-running command in the background, its stdout and stderr written to `output`.
+
+    The caller must stop it (`kill`, then `wait`); nothing here raises on its exit code.
+    """
+    args = [os.fspath(a) for a in argv]
+    logger.debug("+ %s &", shlex.join(args))
+    logger.debug("  (output in %s)", output)
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            args,
+            env=dict(env) if env is not None else base_environment(),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return Spawned(args, proc)

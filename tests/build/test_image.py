@@ -17,8 +17,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from builder.apt import resolve_mirrors
 from builder.cli import cli
 from builder.profile import load_profile
+from builder.toolstree import ensure_tools_tree
 from tests.standin import PROFILE, artifacts
 
 pytestmark = pytest.mark.build
@@ -26,28 +28,52 @@ pytestmark = pytest.mark.build
 
 @dataclass
 class Built:
+    """A finished build: its output directory, manifest, and root slot A extracted from the raw."""
+
     output: Path
     manifest: dict[str, Any]
-    tar: tarfile.TarFile
+    root: Path
+
+    def resolve(self, path: str) -> Path:
+        """`path` inside the image, following symlinks as the image would (not the host's)."""
+        parts = [p for p in path.split("/") if p]
+        current = self.root
+        for _ in range(40):
+            if not parts:
+                return current
+            candidate = current / parts.pop(0)
+            if candidate.is_symlink():
+                target = os.readlink(candidate)
+                base = self.root if target.startswith("/") else current
+                parts = [p for p in target.split("/") if p] + parts
+                current = base
+                continue
+            current = candidate
+        raise AssertionError(f"symlink loop at {path}")
 
     def read(self, path: str) -> bytes:
-        member = self.tar.getmember("./" + path.lstrip("/"))
-        while member.issym():
-            target = member.linkname
-            base = os.path.dirname("/" + member.name.lstrip("./"))
-            path = target if target.startswith("/") else os.path.normpath(f"{base}/{target}")
-            member = self.tar.getmember("./" + path.lstrip("/"))
-        data = self.tar.extractfile(member)
-        assert data is not None, path
-        return data.read()
+        return self.resolve(path).read_bytes()
 
     def names(self) -> set[str]:
-        return {m.name.removeprefix(".") for m in self.tar.getmembers()}
+        return {"/" + p.relative_to(self.root).as_posix() for p in self.root.rglob("*")}
 
 
 def invoke(cache: Path, *args: str) -> Any:
     runner = CliRunner()
     return runner.invoke(cli, ["--cache-dir", os.fspath(cache), *args], catch_exceptions=False)
+
+
+def extract_slot_a(raw: Path, layout: dict[str, Any], work: Path, cache: Path) -> Path:
+    """Copy root slot A out of the raw disk and unpack its erofs with fsck.erofs --extract."""
+    part = next(p for p in layout["partitions"] if p["role"] == "root-a")
+    erofs = work / "root-a.erofs"
+    with raw.open("rb") as src, erofs.open("wb") as dst:
+        src.seek(part["start"])
+        dst.write(src.read(part["size"]))
+    tools = ensure_tools_tree(cache, resolve_mirrors(load_profile(os.fspath(PROFILE)).debian).main)
+    root = work / "root"
+    tools.run(["fsck.erofs", f"--extract={root}", erofs], binds=[work])
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +88,10 @@ def built(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    with tarfile.open(summary["rootfs"]) as tar:
-        yield Built(output, json.loads((output / "manifest.json").read_text()), tar)
+    manifest = json.loads((output / "manifest.json").read_text())
+    raw = Path(summary["outputs"][f"{manifest['name']}.raw"])
+    work = tmp_path_factory.mktemp("slot")
+    yield Built(output, manifest, extract_slot_a(raw, manifest["layout"], work, build_cache))
 
 
 def sha256(data: bytes) -> str:
@@ -76,7 +104,7 @@ def test_upstream_binaries_are_the_pinned_ones(built: Built) -> None:
         member = crictl.extractfile("crictl")
         assert member is not None
         assert built.read("/usr/bin/crictl") == member.read()
-    assert built.tar.getmember("./usr/bin/kubelet").mode & 0o111
+    assert built.resolve("/usr/bin/kubelet").stat().st_mode & 0o111
 
 
 def test_debian_components_carry_the_pinned_versions(built: Built) -> None:
@@ -142,6 +170,8 @@ def test_sysctls_modules_and_identity(built: Built) -> None:
     assert "VERSION_ID=0.1.0\n" in release
     assert "ID=hostbuild\n" in release and "ID_LIKE=debian\n" in release
     assert built.read("/etc/machine-id") == b""
+    assert built.read("/etc/fstab").split()[:3] == [b"#", b"The", b"data"]
+    assert list(built.resolve("/boot").iterdir()) == []  # the kernel lives in the UKI
 
 
 def test_no_apt_indexes_left(built: Built) -> None:
@@ -156,8 +186,12 @@ def test_manifest_records_inputs_and_outputs(built: Built) -> None:
     )  # fmt: skip
     assert manifest["skew"]["api_servers_supported"] == ["1.35", "1.36", "1.37", "1.38"]
     assert manifest["components"]["kubelet"]["sha256"] == sha256(artifacts()["kubelet"])
-    rootfs = built.output / "worker-standin-0.1.0-1.rootfs.tar"
-    assert manifest["outputs"][rootfs.name]["sha256"] == sha256(rootfs.read_bytes())
+    for name, output in manifest["outputs"].items():
+        assert output["sha256"] == sha256((built.output / name).read_bytes()), name
+    assert set(manifest["outputs"]) == {
+        "worker-standin-0.1.0-1.raw", "worker-standin-0.1.0-1.qcow2",
+        "worker-standin-0.1.0-1.update/payload.json", "worker-standin-0.1.0-1.spdx.json",
+    }  # fmt: skip
     assert manifest["files"]["/etc/containerd/config.toml"]["sha256"] == sha256(
         built.read("/etc/containerd/config.toml")
     )

@@ -1,0 +1,92 @@
+"""From the root tree to the A/B disk image: slot A, its UKI, the ESP, raw, qcow2, payload."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.artifacts import sha256_file
+from builder.disk import ESP_SIZE, assemble_disk, convert_qcow2, plan_layout
+from builder.esp import build_esp, uki_filename
+from builder.log import step
+from builder.payload import build_payload
+from builder.profile import Profile
+from builder.slot import Tools, derived_uuid, extract_tree, make_slot, take_boot_files
+from builder.uki import SlotRef, build_uki, kernel_cmdline
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """What the assembler made, for the manifest."""
+
+    record: dict[str, Any]
+    outputs: dict[str, Path]
+
+
+def source_date_epoch(archive_state: str) -> int:
+    """SOURCE_DATE_EPOCH if set, else the Debian archive's Release date: same inputs, same time."""
+    if "SOURCE_DATE_EPOCH" in os.environ:
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    first = archive_state.split(";")[0].split("=", 1)[-1]
+    try:
+        return int(email.utils.parsedate_to_datetime(first).timestamp())
+    except (TypeError, ValueError):
+        return 0
+
+
+def assemble_image(
+    profile: Profile, name: str, version: str, rootfs_tar: Path, work: Path, staging: Path,
+    tools: Tools, epoch: int,
+) -> Assembly:  # fmt: skip
+    """Build every disk output of one version into `staging` (work files go to `work`)."""
+    tree = work / "tree"
+    with step("Unpack root tree"):
+        extract_tree(rootfs_tar, tree)
+        kernel, initrd, kver = take_boot_files(tree, work / "boot")
+    with step("Root slot: erofs (lz4hc) + dm-verity"):
+        slot = make_slot(tree, work / "slot", tools, name=name, version=version, epoch=epoch)
+    layout = plan_layout(name, version, profile.name, slot.erofs.stat().st_size)
+    ref = SlotRef(
+        layout.by_role("root-a").partuuid, layout.by_role("root-a-verity").partuuid, slot.roothash
+    )
+    cmdline = kernel_cmdline(ref, profile.kernel.cmdline)
+    with step("UKI (ukify) and ESP (mtools)"):
+        uki = build_uki(tools, tree, kernel, initrd, kver, cmdline, work / "uki" / f"{name}.efi")
+        volume_id = derived_uuid(name, version, "esp").hex[:8]
+        uki_name = uki_filename(profile.name, version)
+        marker = f"layout {layout.version}\n"
+        esp = build_esp(work / "esp.img", ESP_SIZE, volume_id, tree, uki, uki_name, marker)
+    with step("Disk: GPT layout v1, raw and qcow2"):
+        raw = assemble_disk(
+            layout, {"esp": esp, "root-a": slot.erofs, "root-a-verity": slot.verity},
+            staging / f"{name}.raw",
+        )  # fmt: skip
+        qcow2 = convert_qcow2(raw, staging / f"{name}.qcow2")
+    with step("Update payload"):
+        payload_dir = staging / f"{name}.update"
+        files = {"root": slot.erofs, "verity": slot.verity, "uki": uki}
+        payload = build_payload(payload_dir, version, slot.roothash, layout.version, files)
+    shutil.rmtree(tree)
+    record = {
+        "layout": layout.describe(),
+        "roothash": slot.roothash,
+        "kernel": {"release": kver, "cmdline": cmdline},
+        "uki": {"file": uki_filename(profile.name, version), "sha256": sha256_file(uki)},
+        "slot": {
+            "erofs_bytes": slot.erofs.stat().st_size, "verity_bytes": slot.verity.stat().st_size,
+            "erofs_uuid": slot.erofs_uuid, "verity_uuid": slot.verity_uuid,
+        },
+        "payload": payload,
+        "source_date_epoch": epoch,
+    }  # fmt: skip
+    return Assembly(record, {"raw": raw, "qcow2": qcow2, "payload": payload_dir / "payload.json"})
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path

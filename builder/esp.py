@@ -1,0 +1,45 @@
+"""The EFI System Partition as a FAT32 image file, built with mtools (nothing is mounted)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from builder.run import base_environment, run
+
+SD_BOOT = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+LOADER_CONF = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n"
+TRIES = 3
+
+
+def uki_filename(image_id: str, version: str, tries: int | None = TRIES) -> str:
+    """`worker_1.2.3-4+3.efi`: systemd-boot counts down the `+3` on each try."""
+    return f"{image_id}_{version}" + (f"+{tries}" if tries is not None else "") + ".efi"
+
+
+def build_esp(
+    out: Path, size: int, volume_id: str, tree: Path, uki: Path, uki_name: str, layout: str
+) -> Path:
+    """A FAT32 image of `size` bytes holding systemd-boot, the loader config and one UKI."""
+    env = base_environment()
+    env["MTOOLS_SKIP_CHECK"] = "1"
+    out.unlink(missing_ok=True)
+    run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-i", volume_id, "-C", out, str(size // 1024)])
+    image = f"{os.fspath(out)}"
+    for directory in ("EFI", "EFI/BOOT", "EFI/systemd", "EFI/Linux", "loader", "loader/entries"):
+        run(["mmd", "-i", image, f"::/{directory}"], env=env)
+    boot = tree / SD_BOOT
+    config = out.parent / "loader.conf"
+    config.write_text(LOADER_CONF)
+    marker = out.parent / "hostbuild-layout"
+    marker.write_text(layout)
+    copies = [
+        (boot, "EFI/BOOT/BOOTX64.EFI"),
+        (boot, "EFI/systemd/systemd-bootx64.efi"),
+        (config, "loader/loader.conf"),
+        (marker, "loader/hostbuild-layout"),
+        (uki, f"EFI/Linux/{uki_name}"),
+    ]
+    for source, target in copies:
+        run(["mcopy", "-i", image, "-o", source, f"::/{target}"], env=env)
+    return out

@@ -1,0 +1,39 @@
+"""The update payload of a version: the slot content and the UKI, compressed, with digests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from builder.artifacts import sha256_file
+from builder.run import run
+
+PAYLOAD_VERSION = 1
+
+
+def build_payload(
+    out: Path, version: str, roothash: str, layout_version: int, files: dict[str, Path]
+) -> dict[str, Any]:
+    """zstd-compress each file into `out` and write `payload.json` describing them."""
+    out.mkdir(parents=True)
+    entries = {}
+    for role, source in files.items():
+        target = out / f"{source.name}.zst"
+        run(["zstd", "-q", "-10", "-T0", "--no-progress", source, "-o", target])
+        entries[role] = {
+            "file": target.name,
+            "size": source.stat().st_size,
+            "sha256": sha256_file(source),
+            "compressed_size": target.stat().st_size,
+            "compressed_sha256": sha256_file(target),
+        }
+    record = {
+        "payload": PAYLOAD_VERSION,
+        "version": version,
+        "layout": layout_version,
+        "roothash": roothash,
+        "files": entries,
+    }
+    (out / "payload.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,0 +1,468 @@
+"""The QEMU harness: boot an image on a throw-away overlay, watch its serial console, tear down.
+
+QEMU and OVMF come from the tools tree; the image itself is only ever read.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from builder.errors import HostbuildError
+from builder.log import step
+from builder.run import Spawned, spawn
+from builder.toolstree import OVMF_CODE, OVMF_VARS, ToolsTree
+
+logger = logging.getLogger(__name__)
+
+TAIL_LINES = 20
+KVM_DEVICE = Path("/dev/kvm")
+KVM_PROBE_TIMEOUT = 10.0  # OVMF prints its first boot-manager line in about a second under KVM
+STOP_TIMEOUT = 10.0
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the NUL
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
+_ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
+
+
+class Accelerator(StrEnum):
+    TCG = "tcg"
+    KVM = "kvm"
+    AUTO = "auto"  # KVM only when a short probe boots firmware with it, else TCG
+
+
+class VmError(HostbuildError):
+    """The VM did not reach the state we waited for, or QEMU failed."""
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    """One VM: the image it boots and how QEMU runs it."""
+
+    image: Path
+    image_format: str = "raw"
+    memory_mib: int = 2048
+    cpus: int = 2
+    ssh_port: int = 0  # on 127.0.0.1; 0 picks a free port
+    serial_log: Path | None = None  # default: serial.log in the VM's work directory
+    credentials: Mapping[str, bytes] = field(default_factory=dict)  # systemd credentials
+    accelerator: Accelerator = Accelerator.TCG
+    # Boot counting needs a guest reboot to reach the firmware again; False adds -no-reboot,
+    # so a reboot ends QEMU instead.
+    want_reboot: bool = True
+
+
+@dataclass(frozen=True)
+class VmFiles:
+    """The per-VM files in its work directory (all but the serial log are removed at teardown)."""
+
+    workdir: Path
+    serial_log: Path
+
+    @classmethod
+    def create(cls, workdir: Path, serial_log: Path | None = None) -> VmFiles:
+        workdir = workdir.absolute()
+        workdir.mkdir(parents=True, exist_ok=True)
+        files = cls(workdir, (serial_log or workdir / "serial.log").absolute())
+        files.serial_log.parent.mkdir(parents=True, exist_ok=True)
+        if len(os.fsencode(files.qmp)) > SOCKET_PATH_MAX:
+            raise VmError(
+                f"the VM work directory {workdir} is too deep for a QMP socket path "
+                f"(at most {SOCKET_PATH_MAX} bytes)",
+                hint="use a shorter cache or work directory",
+            )
+        return files
+
+    @property
+    def vars(self) -> Path:
+        return self.workdir / "OVMF_VARS_4M.fd"
+
+    @property
+    def overlay(self) -> Path:
+        return self.workdir / "overlay.qcow2"
+
+    @property
+    def qmp(self) -> Path:
+        return self.workdir / "qmp.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.workdir / "qemu.pid"
+
+    @property
+    def output(self) -> Path:
+        """QEMU's own stdout and stderr (the guest's console is the serial log)."""
+        return self.workdir / "qemu.log"
+
+    def remove(self) -> None:
+        for path in (self.vars, self.overlay, self.qmp, self.pidfile):
+            path.unlink(missing_ok=True)
+
+
+def pick_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (QEMU fails clearly if it is taken meanwhile)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def smbios_credentials(credentials: Mapping[str, bytes]) -> list[str]:
+    """`-smbios type=11` options that pass each credential to systemd in the guest."""
+    argv: list[str] = []
+    for name, value in sorted(credentials.items()):
+        if not _CREDENTIAL_NAME.fullmatch(name):
+            raise VmError(
+                f"invalid credential name {name!r}",
+                hint="use letters, digits and '_', '.', '@', '-', starting with a letter or digit",
+            )
+        encoded = base64.b64encode(value).decode("ascii")
+        argv += ["-smbios", f"type=11,value=io.systemd.credential.binary:{name}={encoded}"]
+    return argv
+
+
+def qemu_argv(config: VmConfig, files: VmFiles, accelerator: Accelerator, port: int) -> list[str]:
+    """The QEMU command line; paths under /usr are the tools tree's."""
+    if accelerator is Accelerator.AUTO:
+        raise ValueError("finalize the accelerator before building the QEMU command line")
+    cpu = "host" if accelerator is Accelerator.KVM else "max"
+    argv = [
+        "qemu-system-x86_64",
+        "-machine", "q35",
+        "-accel", accelerator.value,
+        "-cpu", cpu,
+        "-smp", str(config.cpus),
+        "-m", str(config.memory_mib),
+        "-no-user-config",
+        "-nodefaults",
+        "-display", "none",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={files.vars}",
+        "-drive", f"if=none,id=disk,file={files.overlay},format=qcow2,discard=unmap",
+        "-device", "virtio-blk-pci,drive=disk,bootindex=0",
+        "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-pci,netdev=n0,romfile=",
+        "-chardev", f"file,id=serial0,path={files.serial_log}",
+        "-serial", "chardev:serial0",
+        "-monitor", "none",
+        "-qmp", f"unix:{files.qmp},server=on,wait=off",
+        "-pidfile", os.fspath(files.pidfile),
+    ]  # fmt: skip
+    if not config.want_reboot:
+        argv.append("-no-reboot")
+    return argv + smbios_credentials(config.credentials)
+
+
+_kvm_verdicts: dict[Path, str | None] = {}
+
+
+def finalize_accelerator(
+    requested: Accelerator, tools: ToolsTree, workdir: Path, kvm_device: Path = KVM_DEVICE
+) -> Accelerator:
+    """TCG or KVM: "auto" is KVM only when the device exists and a probe boots firmware on it."""
+    if requested is Accelerator.TCG:
+        return requested
+    usable = kvm_device.exists() and os.access(kvm_device, os.R_OK | os.W_OK)
+    if requested is Accelerator.KVM:
+        if not usable:
+            raise VmError(
+                f"KVM was requested but {kvm_device} is missing or not accessible",
+                hint="use the tcg accelerator, or run on a host with KVM",
+            )
+        return requested
+    if not usable:
+        logger.info("%s is not usable: using TCG", kvm_device)
+        return Accelerator.TCG
+    if tools.root not in _kvm_verdicts:
+        _kvm_verdicts[tools.root] = probe_kvm(tools, workdir)
+    reason = _kvm_verdicts[tools.root]
+    if reason is not None:
+        logger.info("KVM does not work here (%s): using TCG", reason)
+        return Accelerator.TCG
+    return Accelerator.KVM
+
+
+def probe_kvm(tools: ToolsTree, workdir: Path, timeout: float = KVM_PROBE_TIMEOUT) -> str | None:
+    """Why KVM fails here, or None once OVMF printed a boot-manager line on it.
+
+    Creating a KVM VM is not enough: on some nested hosts the first guest instructions fail or
+    hang, so the probe runs the real firmware and gives up after `timeout` seconds.
+    """
+    probe = workdir / "kvm-probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    empty = probe / "empty.raw"
+    with empty.open("wb") as f:
+        f.truncate(1 << 20)
+    config = VmConfig(empty, memory_mib=256, cpus=1, accelerator=Accelerator.KVM)
+    try:
+        with boot_vm(config, tools, probe) as vm:
+            vm.wait_for_serial("BdsDxe", timeout)
+    except VmError as e:
+        return e.message.splitlines()[0]
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    return None
+
+
+@contextlib.contextmanager
+def boot_vm(config: VmConfig, tools: ToolsTree, workdir: Path) -> Iterator[Vm]:
+    """Boot `config.image` under QEMU on a qcow2 overlay; always stop QEMU and remove the overlay.
+
+    The serial log stays for inspection. `workdir` holds the per-VM files.
+    """
+    image = config.image.absolute()
+    if not image.is_file():
+        raise VmError(f"cannot boot {image}: no such image file")
+    files = VmFiles.create(workdir, config.serial_log)
+    vm: Vm | None = None
+    try:
+        accelerator = finalize_accelerator(config.accelerator, tools, files.workdir)
+        port = config.ssh_port or pick_free_port()
+        with step(f"Starting QEMU ({accelerator}) on {image.name}"):
+            shutil.copyfile(tools.path(OVMF_VARS), files.vars)
+            files.serial_log.unlink(missing_ok=True)
+            tools.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", config.image_format,
+                 "-b", image, files.overlay],
+                binds=[files.workdir], readonly=[image],
+            )  # fmt: skip
+            argv = qemu_argv(config, files, accelerator, port)
+            binds = sorted({files.workdir, files.serial_log.parent})
+            process = spawn(tools.argv(argv, binds, readonly=[image]), output=files.output)
+            vm = Vm(process, files, port, accelerator)
+        logger.info("QEMU pid %d, serial log %s, ssh on 127.0.0.1:%d", vm.pid, vm.serial_log, port)
+        yield vm
+    finally:
+        if vm is not None:
+            vm.stop()
+        files.remove()
+
+
+class Vm:
+    """A running QEMU started by `boot_vm`."""
+
+    def __init__(
+        self, process: Spawned, files: VmFiles, ssh_port: int, accelerator: Accelerator
+    ) -> None:
+        self._process = process
+        self._files = files
+        self._qmp: _Qmp | None = None
+        self.ssh_port = ssh_port
+        self.accelerator = accelerator
+        self.started = time.monotonic()
+
+    @property
+    def serial_log(self) -> Path:
+        return self._files.serial_log
+
+    @property
+    def pid(self) -> int:
+        """The process we started (bwrap when QEMU runs in a tools tree)."""
+        return self._process.pid
+
+    @property
+    def qemu_pid(self) -> int | None:
+        """QEMU's own process, from its pidfile (None before QEMU wrote it)."""
+        try:
+            return int(self._files.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def exit_code(self) -> int | None:
+        """QEMU's exit code, or None while it runs."""
+        return self._process.poll()
+
+    def output(self) -> str:
+        """QEMU's own messages (not the guest console)."""
+        try:
+            return self._files.output.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def serial_text(self) -> str:
+        try:
+            return self.serial_log.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_for_serial(self, pattern: str | re.Pattern[str], timeout: float) -> str:
+        """Wait until `pattern` appears on the serial console; return the line(s) it matched."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.exit_code()
+            text = self.serial_text()
+            if match := regex.search(text):
+                start = text.rfind("\n", 0, match.start()) + 1
+                end = text.find("\n", match.end())
+                line = _ANSI.sub("", text[start : end if end >= 0 else len(text)])
+                logger.debug("serial matched %r after %.1fs", regex.pattern, self.uptime())
+                return line
+            if exited is not None or time.monotonic() >= deadline:
+                raise self._serial_error(f"{regex.pattern!r} on the serial console", timeout)
+            time.sleep(0.2)
+
+    def wait_for_ssh(self, timeout: float) -> str:
+        """Wait until sshd answers on the forwarded port; return its banner."""
+        deadline = time.monotonic() + timeout
+        last = "no attempt yet"
+        while True:
+            if self.exit_code() is not None:
+                raise self._serial_error(f"SSH on 127.0.0.1:{self.ssh_port}", timeout)
+            try:
+                # The user-mode network accepts every connection on the host side; only a
+                # banner proves that sshd in the guest answered.
+                with socket.create_connection(("127.0.0.1", self.ssh_port), timeout=5) as s:
+                    s.settimeout(5)
+                    banner = s.recv(256)
+                if banner.startswith(b"SSH-"):
+                    return banner.split(b"\r\n")[0].decode(errors="replace")
+                last = f"got {banner[:40]!r} instead of an SSH banner"
+            except OSError as e:
+                last = str(e) or type(e).__name__
+            if time.monotonic() >= deadline:
+                raise self._serial_error(f"SSH on 127.0.0.1:{self.ssh_port} ({last})", timeout)
+            time.sleep(1)
+
+    def uptime(self) -> float:
+        """Seconds since QEMU was started."""
+        return time.monotonic() - self.started
+
+    def qmp(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """Run a QMP command and return its result."""
+        if self._qmp is None:
+            self._qmp = _Qmp.connect(self._files.qmp, timeout=STOP_TIMEOUT)
+        return self._qmp.execute(command, arguments)
+
+    def status(self) -> str:
+        """QEMU's run state ("running", "paused", "shutdown", ...)."""
+        result = self.qmp("query-status")
+        return str(result["status"])
+
+    def poweroff(self, timeout: float = 60.0) -> None:
+        """Press the ACPI power button and wait; quit or kill QEMU if the guest ignores it."""
+        if self.exit_code() is not None:
+            return
+        try:
+            self.qmp("system_powerdown")
+        except (VmError, OSError) as e:
+            logger.warning("cannot send the power button press over QMP: %s", e)
+        if self._process.wait(timeout) is not None:
+            logger.info("VM powered off after %.1fs", self.uptime())
+            return
+        logger.warning("the guest did not power off within %.0fs: stopping QEMU", timeout)
+        self.stop()
+
+    def stop(self) -> None:
+        """Make sure QEMU is gone: QMP quit, then SIGKILL. Safe to call more than once."""
+        if self.exit_code() is None:
+            grace = 0.0  # without QMP there is no clean way out: kill at once
+            if self._qmp is not None or self._files.qmp.exists():
+                with contextlib.suppress(VmError, OSError):
+                    self.qmp("quit")
+                    grace = STOP_TIMEOUT
+            if self._process.wait(grace) is None:
+                logger.warning("QEMU did not quit: killing it")
+                self._process.kill()
+                self._process.wait(STOP_TIMEOUT)
+            logger.debug("QEMU stopped (exit code %s)", self.exit_code())
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        # bwrap kills QEMU when it dies (--die-with-parent); make sure anyway.
+        qemu = self.qemu_pid
+        if qemu is not None and _alive(qemu):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(qemu, signal.SIGKILL)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while _alive(qemu) and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    def _serial_error(self, what: str, timeout: float) -> VmError:
+        lines = [_ANSI.sub("", line) for line in self.serial_text().splitlines()[-TAIL_LINES:]]
+        code = self.exit_code()
+        if code is not None:
+            head = f"QEMU exited with code {code} before {what} (timeout {timeout:g}s)"
+            lines += ["QEMU said:", *self.output().splitlines()[-TAIL_LINES:]]
+        else:
+            head = f"timed out after {timeout:g}s waiting for {what}"
+        body = "\n".join(f"  {line}" for line in lines) if lines else "  (nothing)"
+        return VmError(
+            f"{head}\nlast lines of the serial log {self.serial_log}:\n{body}",
+            hint=f"the full console is in {self.serial_log}, QEMU's messages in "
+            f"{self._files.output}",
+        )
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie has finished)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+class _Qmp:
+    """A minimal QMP client over QEMU's unix socket: one command at a time, events skipped."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._reader = sock.makefile("rb")
+
+    @classmethod
+    def connect(cls, path: Path, timeout: float) -> _Qmp:
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(os.fspath(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise VmError(f"cannot connect to QEMU's QMP socket {path}: {e}") from e
+                time.sleep(0.1)
+        qmp = cls(sock)
+        qmp._read()  # the greeting
+        qmp.execute("qmp_capabilities")
+        return qmp
+
+    def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        message: dict[str, Any] = {"execute": command}
+        if arguments:
+            message["arguments"] = dict(arguments)
+        logger.debug("QMP %s", json.dumps(message))
+        self._sock.sendall(json.dumps(message).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                error = reply["error"]
+                raise VmError(f"QMP {command} failed: {error.get('desc', error)}")
+            # anything else is an asynchronous event
+
+    def _read(self) -> dict[str, Any]:
+        line = self._reader.readline()
+        if not line:
+            raise VmError("QEMU closed the QMP connection")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def close(self) -> None:
+        self._reader.close()
+        self._sock.close()

@@ -1,0 +1,100 @@
+"""A root slot's content: the tree as a read-only erofs image plus its dm-verity hash tree.
+
+Deterministic: timestamps from SOURCE_DATE_EPOCH, the filesystem UUID, verity UUID and salt
+derived from the image name and version, never random.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from builder.errors import HostbuildError
+from builder.run import Completed, run
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = uuid.UUID("6f1c5c57-2d9a-4a7e-9a0b-6b6f73746275")  # hostbuild's uuid5 namespace
+BLOCK = 4096
+COMPRESSORS = {"lz4hc": "lz4hc,12", "lz4": "lz4", "zstd": "zstd,15", "lzma": "lzma,6"}
+
+
+class Tools(Protocol):
+    """Runs a build tool (from the trixie tools tree or the host) with host paths bound."""
+
+    def run(self, argv: list[str], *, binds: list[Path]) -> Completed: ...
+
+
+def derived_uuid(*parts: str) -> uuid.UUID:
+    """A stable UUID for one role of one image version (partitions, filesystems, verity)."""
+    return uuid.uuid5(NAMESPACE, "/".join(parts))
+
+
+@dataclass(frozen=True)
+class SlotImage:
+    erofs: Path
+    verity: Path
+    roothash: str
+    erofs_uuid: str
+    verity_uuid: str
+
+
+def extract_tree(rootfs_tar: Path, tree: Path) -> None:
+    """Unpack the root tree with owners, modes and xattrs (file capabilities) intact."""
+    tree.mkdir(parents=True)
+    run(
+        ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", rootfs_tar, "-C", tree]
+    )
+
+
+def take_boot_files(tree: Path, dest: Path) -> tuple[Path, Path, str]:
+    """Move the kernel and initrd out of the tree's /boot (they live in the UKI, not the root)."""
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    if len(kernels) != 1:
+        raise HostbuildError(
+            f"expected one kernel in the root tree's /boot, found {[k.name for k in kernels]}",
+            hint="the hostbuild-boot element installs exactly one kernel flavour",
+        )
+    kver = kernels[0].name.removeprefix("vmlinuz-")
+    initrd = tree / "boot" / f"initrd.img-{kver}"
+    if not initrd.exists():
+        raise HostbuildError(f"no initrd for kernel {kver} in the root tree's /boot")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.move(kernels[0], dest / "vmlinuz")
+    shutil.move(initrd, dest / "initrd.img")
+    for leftover in (tree / "boot").iterdir():
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+    return dest / "vmlinuz", dest / "initrd.img", kver
+
+
+def make_slot(
+    tree: Path, out: Path, tools: Tools, *, name: str, version: str, epoch: int,
+    compressor: str = "lz4hc",
+) -> SlotImage:  # fmt: skip
+    """mkfs.erofs the tree, then veritysetup format the image into a hash tree file."""
+    out.mkdir(parents=True, exist_ok=True)
+    erofs, verity, roothash_file = out / "root.erofs", out / "root.verity", out / "roothash"
+    fs_uuid = str(derived_uuid(name, version, "erofs"))
+    tools.run([
+        "mkfs.erofs", f"-z{COMPRESSORS[compressor]}", f"-T{epoch}", f"-U{fs_uuid}",
+        os.fspath(erofs), os.fspath(tree),
+    ], binds=[out, tree])  # fmt: skip
+    verity_uuid = str(derived_uuid(name, version, "verity"))
+    salt = hashlib.sha256(f"{name}/{version}/verity-salt".encode()).hexdigest()
+    tools.run([
+        "veritysetup", "format", f"--data-block-size={BLOCK}", f"--hash-block-size={BLOCK}",
+        f"--salt={salt}", f"--uuid={verity_uuid}", f"--root-hash-file={roothash_file}",
+        os.fspath(erofs), os.fspath(verity),
+    ], binds=[out])  # fmt: skip
+    roothash = roothash_file.read_text().strip()
+    roothash_file.unlink()
+    return SlotImage(erofs, verity, roothash, fs_uuid, verity_uuid)

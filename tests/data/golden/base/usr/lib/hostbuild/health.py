@@ -1,0 +1,114 @@
+"""The health gate: a boot is marked good only when the node is healthy (stdlib only).
+
+Ordered before boot-complete.target: while it has not passed, systemd-bless-boot does not mark the
+boot entry good; when it fails (the deadline passed), the unit's FailureAction reboots and boot
+counting falls back to the previous entry once the tries are used up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess  # noqa: TID251 -- runs on the node, outside the builder
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
+KUBELET_CONFIGURED = (
+    Path("/var/lib/kubelet/kubeconfig"),
+    Path("/run/hostbuild/kubelet/bootstrap-kubeconfig"),
+)
+KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"
+PROBE_DIRS = (Path("/etc/hostbuild/health.d"), Path("/run/hostbuild/health.d"))
+STATUS = Path("/run/hostbuild/health.json")
+DEFAULT_DEADLINE = 300.0
+INTERVAL = 2.0
+
+Check = Callable[[], str | None]  # None when healthy, else the reason
+
+
+def containerd_answers(sock: Path = CONTAINERD_SOCKET) -> str | None:
+    """containerd's socket accepts connections and `ctr version` gets an answer."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(os.fspath(sock))
+    except OSError as e:
+        return f"containerd socket {sock}: {e}"
+    result = subprocess.run(
+        ["ctr", "--address", os.fspath(sock), "--timeout", "10s", "version"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        return f"ctr version failed: {result.stderr.strip()[-200:]}"
+    return None
+
+
+def kubelet_healthy(
+    configured: Sequence[Path] = KUBELET_CONFIGURED, url: str = KUBELET_HEALTHZ
+) -> str | None:
+    """kubelet answers healthz, once node configuration has given it a cluster to join."""
+    if not any(p.exists() for p in configured):
+        return None  # not configured yet: nothing to check
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read(100).decode(errors="replace")
+            return None if response.status == 200 and body.strip() == "ok" else f"healthz: {body!r}"
+    except OSError as e:
+        return f"kubelet healthz {url}: {e}"
+
+
+def user_probes(dirs: Sequence[Path] = PROBE_DIRS) -> str | None:
+    """Every executable drop-in probe exits 0."""
+    for directory in dirs:
+        if not directory.is_dir():
+            continue
+        for probe in sorted(directory.iterdir()):
+            if not (probe.is_file() and os.access(probe, os.X_OK)):
+                continue
+            result = subprocess.run(
+                [os.fspath(probe)], capture_output=True, text=True, timeout=60, check=False
+            )
+            if result.returncode != 0:
+                return f"probe {probe} exited {result.returncode}: {result.stdout + result.stderr}"[
+                    -300:
+                ]
+    return None
+
+
+CHECKS: dict[str, Check] = {
+    "containerd": containerd_answers,
+    "kubelet": kubelet_healthy,
+    "probes": user_probes,
+}
+
+
+def run_gate(
+    checks: dict[str, Check], deadline: float, interval: float = INTERVAL
+) -> dict[str, str | None]:
+    """Retry the checks until all pass or the deadline (seconds) passes; return the last results."""
+    end = time.monotonic() + deadline
+    while True:
+        results = {name: check() for name, check in checks.items()}
+        if all(r is None for r in results.values()) or time.monotonic() >= end:
+            return results
+        time.sleep(interval)
+
+
+def main(argv: Sequence[str] = sys.argv[1:]) -> int:
+    deadline = float(os.environ.get("HOSTBUILD_HEALTH_DEADLINE", DEFAULT_DEADLINE))
+    results = run_gate(CHECKS, deadline)
+    healthy = all(r is None for r in results.values())
+    STATUS.parent.mkdir(parents=True, exist_ok=True)
+    STATUS.write_text(json.dumps({"healthy": healthy, "checks": results}, indent=2) + "\n")
+    for name, reason in results.items():
+        print(f"{name}: {'ok' if reason is None else reason}", file=sys.stderr)  # noqa: T201
+    return 0 if healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

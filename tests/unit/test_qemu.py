@@ -1,0 +1,283 @@
+"""The QEMU harness without QEMU: command line, credentials, accelerator choice, waits, QMP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder import qemu
+from builder.qemu import (
+    Accelerator,
+    Vm,
+    VmConfig,
+    VmError,
+    VmFiles,
+    boot_vm,
+    finalize_accelerator,
+    pick_free_port,
+    qemu_argv,
+    smbios_credentials,
+)
+from builder.run import spawn
+from builder.toolstree import ToolsTree
+
+
+def option(argv: list[str], name: str) -> list[str]:
+    """Every value given to `name` on a command line."""
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == name]
+
+
+def test_qemu_argv_tcg(tmp_path: Path) -> None:
+    files = VmFiles.create(tmp_path)
+    argv = qemu_argv(VmConfig(tmp_path / "disk.raw"), files, Accelerator.TCG, 2222)
+    assert argv[0] == "qemu-system-x86_64"
+    assert option(argv, "-machine") == ["q35"]
+    assert option(argv, "-accel") == ["tcg"]
+    assert option(argv, "-cpu") == ["max"]
+    assert option(argv, "-smp") == ["2"]
+    assert option(argv, "-m") == ["2048"]
+    assert option(argv, "-drive") == [
+        "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+        f"if=pflash,format=raw,unit=1,file={tmp_path}/OVMF_VARS_4M.fd",
+        f"if=none,id=disk,file={tmp_path}/overlay.qcow2,format=qcow2,discard=unmap",
+    ]
+    assert option(argv, "-device") == [
+        "virtio-blk-pci,drive=disk,bootindex=0",
+        "virtio-net-pci,netdev=n0,romfile=",
+    ]
+    assert option(argv, "-netdev") == [
+        "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22",
+    ]
+    assert option(argv, "-chardev") == [f"file,id=serial0,path={tmp_path}/serial.log"]
+    assert option(argv, "-serial") == ["chardev:serial0"]
+    assert option(argv, "-monitor") == ["none"]
+    assert option(argv, "-qmp") == [f"unix:{tmp_path}/qmp.sock,server=on,wait=off"]
+    assert "-no-reboot" not in argv, "boot counting needs guest reboots"
+    assert "-smbios" not in argv
+
+
+def test_qemu_argv_kvm_without_reboot(tmp_path: Path) -> None:
+    config = VmConfig(tmp_path / "disk.raw", memory_mib=512, cpus=1, want_reboot=False)
+    argv = qemu_argv(config, VmFiles.create(tmp_path), Accelerator.KVM, 2222)
+    assert option(argv, "-accel") == ["kvm"]
+    assert option(argv, "-cpu") == ["host"]
+    assert option(argv, "-smp") == ["1"]
+    assert option(argv, "-m") == ["512"]
+    assert "-no-reboot" in argv
+
+
+def test_qemu_argv_needs_a_final_accelerator(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="finalize"):
+        qemu_argv(VmConfig(tmp_path / "x"), VmFiles.create(tmp_path), Accelerator.AUTO, 1)
+
+
+def test_serial_log_elsewhere(tmp_path: Path) -> None:
+    files = VmFiles.create(tmp_path / "vm", tmp_path / "logs" / "console.log")
+    assert files.serial_log == tmp_path / "logs" / "console.log"
+    assert files.serial_log.parent.is_dir()
+    assert files.overlay.parent == tmp_path / "vm"
+
+
+def test_too_deep_workdir_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(VmError, match="too deep for a QMP socket"):
+        VmFiles.create(tmp_path / ("d" * 120))
+
+
+def test_smbios_credentials_are_base64() -> None:
+    argv = smbios_credentials({"ssh.authorized_keys.root": b"ssh-ed25519 AAAA k\n", "a": b"\0,"})
+    assert argv[0::2] == ["-smbios", "-smbios"]
+    prefix = "type=11,value=io.systemd.credential.binary:"
+    assert argv[1] == prefix + "a=" + base64.b64encode(b"\0,").decode()
+    name, _, value = argv[3].removeprefix(prefix).partition("=")
+    assert name == "ssh.authorized_keys.root"
+    assert base64.b64decode(value) == b"ssh-ed25519 AAAA k\n"
+    assert "," not in value, "a comma would end QEMU's option value"
+
+
+@pytest.mark.parametrize("name", ["", "a,b", "a=b", "../x", "-x", "a b"])
+def test_smbios_credential_names_are_checked(name: str) -> None:
+    with pytest.raises(VmError, match="invalid credential name"):
+        smbios_credentials({name: b"x"})
+
+
+def test_pick_free_port_is_bindable() -> None:
+    port = pick_free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+@pytest.fixture
+def no_probe(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Replace the KVM probe (which starts QEMU) by a recorder that says KVM works."""
+    calls: list[Path] = []
+
+    def probe(tools: ToolsTree, workdir: Path) -> str | None:
+        calls.append(tools.root)
+        return None
+
+    monkeypatch.setattr(qemu, "probe_kvm", probe)
+    monkeypatch.setattr(qemu, "_kvm_verdicts", {})
+    return calls
+
+
+def test_auto_without_kvm_device_is_tcg(tmp_path: Path, no_probe: list[Path]) -> None:
+    tools = ToolsTree(tmp_path / "no-tree")
+    chosen = finalize_accelerator(Accelerator.AUTO, tools, tmp_path, tmp_path / "kvm")
+    assert chosen is Accelerator.TCG
+    assert no_probe == [], "no QEMU may start without /dev/kvm"
+
+
+def test_tcg_is_never_probed(tmp_path: Path, no_probe: list[Path]) -> None:
+    device = tmp_path / "kvm"
+    device.touch()
+    tools = ToolsTree(tmp_path)
+    assert finalize_accelerator(Accelerator.TCG, tools, tmp_path, device) is Accelerator.TCG
+    assert no_probe == []
+
+
+def test_explicit_kvm_without_device_fails(tmp_path: Path, no_probe: list[Path]) -> None:
+    with pytest.raises(VmError, match="KVM was requested"):
+        finalize_accelerator(Accelerator.KVM, ToolsTree(tmp_path), tmp_path, tmp_path / "kvm")
+
+
+def test_auto_probes_once_per_tree(
+    tmp_path: Path, no_probe: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = tmp_path / "kvm"
+    device.touch()
+    tools = ToolsTree(tmp_path)
+    assert finalize_accelerator(Accelerator.AUTO, tools, tmp_path, device) is Accelerator.KVM
+    assert finalize_accelerator(Accelerator.AUTO, tools, tmp_path, device) is Accelerator.KVM
+    assert no_probe == [tmp_path]
+    monkeypatch.setattr(qemu, "probe_kvm", lambda tools, workdir: "KVM internal error")
+    other = ToolsTree(tmp_path / "other")
+    assert finalize_accelerator(Accelerator.AUTO, other, tmp_path, device) is Accelerator.TCG
+
+
+def test_boot_vm_needs_the_image(tmp_path: Path) -> None:
+    with (
+        pytest.raises(VmError, match="no such image file"),
+        boot_vm(VmConfig(tmp_path / "missing.raw"), ToolsTree(tmp_path), tmp_path),
+    ):
+        pass
+
+
+@pytest.fixture
+def fake_vm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Vm]:
+    """A Vm whose "QEMU" is `sleep`, with a serial log the test writes."""
+    monkeypatch.setattr(qemu, "STOP_TIMEOUT", 1.0)  # `sleep` ignores QMP quit
+    files = VmFiles.create(tmp_path)
+    process = spawn(["sleep", "60"], output=files.output)
+    vm = Vm(process, files, pick_free_port(), Accelerator.TCG)
+    yield vm
+    vm.stop()
+
+
+def test_wait_for_serial_returns_the_matching_line(fake_vm: Vm) -> None:
+    fake_vm.serial_log.write_bytes(b"\x1b[2J\x1b[=3hBdsDxe: loading Boot0001\r\nnext\r\n")
+    assert fake_vm.wait_for_serial(r"BdsDxe: \w+", 5) == "BdsDxe: loading Boot0001"
+
+
+def test_wait_for_serial_timeout_names_pattern_timeout_and_log(fake_vm: Vm) -> None:
+    fake_vm.serial_log.write_text("".join(f"line {i}\n" for i in range(1, 31)))
+    with pytest.raises(VmError) as info:
+        fake_vm.wait_for_serial("login:", 0.3)
+    message = info.value.message
+    assert message.startswith("timed out after 0.3s waiting for 'login:' on the serial console")
+    assert f"last lines of the serial log {fake_vm.serial_log}:" in message
+    assert "  line 11\n" in message and message.endswith("  line 30")
+    assert "line 10\n" not in message
+    assert info.value.hint is not None and os.fspath(fake_vm.serial_log) in info.value.hint
+
+
+def test_wait_for_serial_stops_when_qemu_exits(tmp_path: Path) -> None:
+    files = VmFiles.create(tmp_path)
+    process = spawn(
+        ["sh", "-c", "echo 'qemu: could not open disk' >&2; exit 1"], output=files.output
+    )
+    vm = Vm(process, files, 1, Accelerator.TCG)
+    process.wait(5)
+    with pytest.raises(VmError) as info:
+        vm.wait_for_serial("login:", 30)
+    assert "QEMU exited with code 1 before 'login:'" in info.value.message
+    assert "qemu: could not open disk" in info.value.message
+
+
+def test_stop_kills_qemu(fake_vm: Vm) -> None:
+    assert fake_vm.exit_code() is None
+    fake_vm.stop()
+    assert fake_vm.exit_code() is not None
+    fake_vm.stop()  # idempotent
+
+
+@pytest.fixture
+def ssh_server() -> Iterator[tuple[int, list[bytes]]]:
+    """A TCP server on 127.0.0.1 that sends the next queued greeting (the last one repeats)."""
+    greetings: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(greetings.pop(0) if len(greetings) > 1 else greetings[0])
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1], greetings
+    server.shutdown(socket.SHUT_RDWR)  # wakes accept(), so the thread ends before the fd is reused
+    server.close()
+
+
+def test_wait_for_ssh_reads_the_banner(fake_vm: Vm, ssh_server: tuple[int, list[bytes]]) -> None:
+    port, greetings = ssh_server
+    greetings += [b"", b"SSH-2.0-OpenSSH_10.0p2 Debian-7\r\n"]
+    fake_vm.ssh_port = port
+    assert fake_vm.wait_for_ssh(10) == "SSH-2.0-OpenSSH_10.0p2 Debian-7"
+
+
+def test_wait_for_ssh_needs_a_banner(fake_vm: Vm, ssh_server: tuple[int, list[bytes]]) -> None:
+    port, greetings = ssh_server
+    greetings.append(b"HTTP/1.0 400\r\n")
+    fake_vm.ssh_port = port
+    with pytest.raises(VmError, match=r"SSH on 127\.0\.0\.1:\d+ \(got b'HTTP/1\.0 400"):
+        fake_vm.wait_for_ssh(0.5)
+
+
+def test_qmp_skips_events_and_reports_errors(fake_vm: Vm, tmp_path: Path) -> None:
+    replies: dict[str, list[dict[str, Any]]] = {
+        "qmp_capabilities": [{"return": {}}],
+        "query-status": [{"event": "RESUME"}, {"return": {"status": "running"}}],
+        "nope": [{"error": {"class": "CommandNotFound", "desc": "The command nope was not found"}}],
+    }
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(os.fspath(tmp_path / "qmp.sock"))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rb") as reader:
+            conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\n')
+            while line := reader.readline():
+                for reply in replies.get(json.loads(line)["execute"], [{"return": {}}]):
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        assert fake_vm.status() == "running"
+        with pytest.raises(VmError, match="QMP nope failed: The command nope was not found"):
+            fake_vm.qmp("nope")
+    finally:
+        fake_vm.stop()
+        server.close()

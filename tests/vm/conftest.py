@@ -1,0 +1,52 @@
+"""VM tests: boot under QEMU from the tools tree (built once, cached across runs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder.apt import host_mirrors
+from builder.toolstree import ToolsTree, ensure_tools_tree, host_is_new_enough
+
+
+def cache_dir() -> Path:
+    """The hostbuild cache, shared with the CLI so repeated runs reuse the tools tree."""
+    return Path(os.environ.get("HOSTBUILD_CACHE") or Path.home() / ".cache" / "hostbuild")
+
+
+def debian_mirror() -> str | None:
+    mirrors = host_mirrors()
+    return os.environ.get("HOSTBUILD_DEBIAN_MIRROR") or (mirrors.main if mirrors else None)
+
+
+def _probe() -> str | None:
+    if host_is_new_enough():
+        missing = ToolsTree(Path("/")).missing()
+        return f"host lacks packages: {', '.join(missing)}" if missing else None
+    if os.geteuid() != 0:
+        return "vm tests need root (mmdebstrap and bwrap build and enter the tools tree)"
+    for command, package in (("mmdebstrap", "mmdebstrap"), ("bwrap", "bubblewrap")):
+        if shutil.which(command) is None:
+            return f"no {command} to build the tools tree (apt-get install -y {package})"
+    if debian_mirror() is None:
+        return "no Debian mirror in the host's apt sources (set HOSTBUILD_DEBIAN_MIRROR)"
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    reason = _probe()
+    if reason:
+        for item in items:
+            if "vm" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def tools_tree() -> ToolsTree:
+    """QEMU, OVMF and the image tools: the host's on trixie, else the cached trixie tree."""
+    mirror = debian_mirror()
+    assert mirror is not None, "the collection probe skips vm tests without a mirror"
+    return ensure_tools_tree(cache_dir(), mirror)

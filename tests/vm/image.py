@@ -1,0 +1,97 @@
+"""Helpers for VM tests of a built image: build it once, boot it, reach it over SSH."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from builder.cli import cli
+from builder.qemu import Vm, VmConfig, boot_vm
+from builder.run import run
+from builder.toolstree import ToolsTree
+from tests.standin import PROFILE, make_mirror
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    output: Path
+    manifest: dict[str, Any]
+
+    @property
+    def raw(self) -> Path:
+        return self.output / f"{self.manifest['name']}.raw"
+
+
+def build_standin_image(cache: Path, work: Path) -> BuiltImage:
+    """`hostbuild image` of the stand-in worker (or HOSTBUILD_TEST_IMAGE_DIR, already built)."""
+    if existing := os.environ.get("HOSTBUILD_TEST_IMAGE_DIR"):
+        output = Path(existing)
+    else:
+        mirror = make_mirror(work / "mirror")
+        output = work / "image"
+        result = CliRunner().invoke(cli, [
+            "--cache-dir", os.fspath(cache), "image", "--profile", os.fspath(PROFILE),
+            "--output", os.fspath(output), "--artifact-mirror", os.fspath(mirror),
+            "--lock", os.fspath(work / "standin.lock.json"),
+        ], catch_exceptions=False)  # fmt: skip
+        assert result.exit_code == 0, result.output
+    return BuiltImage(output, json.loads((output / "manifest.json").read_text()))
+
+
+@dataclass(frozen=True)
+class SshKey:
+    private: Path
+    public: str
+
+
+def make_ssh_key(directory: Path) -> SshKey:
+    private = directory / "id_ed25519"
+    if not private.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hostbuild-test", "-f", private])
+    return SshKey(private, (directory / "id_ed25519.pub").read_text())
+
+
+def ssh_config(path: Path, port: int, key: SshKey) -> Path:
+    """An ssh_config for testinfra's ssh backend: host `vm`, throwaway host keys."""
+    path.write_text(
+        "Host vm\n"
+        "  HostName 127.0.0.1\n"
+        f"  Port {port}\n"
+        "  User root\n"
+        f"  IdentityFile {key.private}\n"
+        "  IdentitiesOnly yes\n"
+        "  StrictHostKeyChecking no\n"
+        "  UserKnownHostsFile /dev/null\n"
+        "  LogLevel ERROR\n"
+        "  ConnectTimeout 10\n"
+    )
+    return path
+
+
+@contextmanager
+def booted(
+    image: Path, tools: ToolsTree, work: Path, key: SshKey | None, timeout: float = 300.0
+) -> Iterator[Vm]:
+    """Boot `image` with root's SSH key as a systemd credential; wait until SSH answers."""
+    credentials = {"ssh.authorized_keys.root": key.public.encode()} if key else {}
+    config = VmConfig(image=image, credentials=credentials, serial_log=work / "serial.log")
+    with boot_vm(config, tools, work) as vm:
+        if key is not None:
+            vm.wait_for_ssh(timeout)
+        yield vm
+
+
+def ssh_command(config: Path, command: str) -> list[str]:
+    return ["ssh", "-F", os.fspath(config), "vm", command]
+
+
+def quote(*args: str) -> str:
+    return shlex.join(args)

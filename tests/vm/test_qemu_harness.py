@@ -1,0 +1,108 @@
+"""The harness for real: trixie tools from the tree, OVMF on an empty disk under QEMU."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.qemu import Accelerator, VmConfig, VmError, boot_vm
+from builder.toolstree import ToolsTree
+
+pytestmark = pytest.mark.vm
+
+# OVMF's boot manager prints this (e.g. "BdsDxe: failed to load Boot0001 ...") on the serial
+# console about 2 s after start under TCG; 30 s leaves room for a loaded CI host.
+BOOT_MANAGER = "BdsDxe"
+FIRMWARE_TIMEOUT = 30.0
+
+
+def empty_disk(path: Path, size: int = 64 << 20) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def gone(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["qemu-system-x86_64", "--version"], "QEMU emulator version 10."),
+        (["ukify", "--version"], "ukify 25"),
+        (["mkfs.erofs", "--version"], "mkfs.erofs (erofs-utils) 1."),
+        (["veritysetup", "--version"], "veritysetup 2."),
+    ],
+)
+def test_tools_tree_runs_trixie_tools(
+    tools_tree: ToolsTree, argv: list[str], expected: str
+) -> None:
+    result = tools_tree.run(argv)
+    assert (result.stdout + result.stderr).startswith(expected)
+
+
+def test_empty_disk_reaches_the_firmware_boot_manager(
+    tools_tree: ToolsTree, tmp_path: Path
+) -> None:
+    image = empty_disk(tmp_path / "empty.raw")
+    before = digest(image)
+    workdir = tmp_path / "vm"
+    with boot_vm(VmConfig(image, accelerator=Accelerator.TCG), tools_tree, workdir) as vm:
+        line = vm.wait_for_serial(BOOT_MANAGER, FIRMWARE_TIMEOUT)
+        assert line.startswith(BOOT_MANAGER)
+        assert vm.status() == "running"
+        qemu_pid = vm.qemu_pid
+        assert qemu_pid is not None and not gone(qemu_pid)
+        assert (workdir / "overlay.qcow2").is_file()
+        # Nothing listens on port 22 in the guest: the forward is there, the banner is not.
+        with pytest.raises(VmError, match=f"SSH on 127.0.0.1:{vm.ssh_port}"):
+            vm.wait_for_ssh(2)
+        # The firmware ignores the ACPI power button: poweroff falls back to quitting QEMU.
+        vm.poweroff(timeout=2)
+        assert vm.exit_code() is not None
+    assert gone(qemu_pid)
+    assert not (workdir / "overlay.qcow2").exists()
+    assert not (workdir / "OVMF_VARS_4M.fd").exists()
+    assert BOOT_MANAGER in vm.serial_log.read_text(errors="replace"), "the serial log is kept"
+    assert digest(image) == before, "the image is never written"
+
+
+def test_teardown_after_an_exception(tools_tree: ToolsTree, tmp_path: Path) -> None:
+    image = empty_disk(tmp_path / "empty.raw")
+    workdir = tmp_path / "vm"
+    qemu_pid: int | None = None
+    with (
+        pytest.raises(VmError, match="timed out after 0.5s waiting for 'login:'"),
+        boot_vm(VmConfig(image, memory_mib=256, cpus=1), tools_tree, workdir) as vm,
+    ):
+        deadline = time.monotonic() + FIRMWARE_TIMEOUT
+        while qemu_pid is None and time.monotonic() < deadline:
+            qemu_pid = vm.qemu_pid
+            time.sleep(0.1)
+        vm.wait_for_serial("login:", 0.5)
+    assert qemu_pid is not None, "QEMU wrote no pidfile"
+    assert gone(qemu_pid)
+    assert sorted(p.name for p in workdir.iterdir()) == ["qemu.log", "serial.log"]
+
+
+def test_auto_accelerator_boots_the_firmware(tools_tree: ToolsTree, tmp_path: Path) -> None:
+    """ "auto" uses KVM only if a probe boots firmware on it; either way the VM must work."""
+    image = empty_disk(tmp_path / "empty.raw")
+    config = VmConfig(image, memory_mib=512, accelerator=Accelerator.AUTO)
+    with boot_vm(config, tools_tree, tmp_path / "vm") as vm:
+        assert vm.accelerator in (Accelerator.TCG, Accelerator.KVM)
+        vm.wait_for_serial(BOOT_MANAGER, FIRMWARE_TIMEOUT)
