@@ -16,7 +16,14 @@ from builder.esp import build_esp, uki_filename
 from builder.log import step
 from builder.payload import build_payload
 from builder.profile import Profile
-from builder.slot import Tools, derived_uuid, extract_tree, make_slot, take_boot_files
+from builder.slot import (
+    Tools,
+    derived_uuid,
+    extract_tree,
+    make_slot,
+    prepare_tree,
+    take_boot_files,
+)
 from builder.uki import SlotRef, build_uki, kernel_cmdline
 
 
@@ -47,6 +54,7 @@ def assemble_image(
     tree = work / "tree"
     with step("Unpack root tree"):
         extract_tree(rootfs_tar, tree)
+        prepare_tree(tree)
         kernel, initrd, kver = take_boot_files(tree, work / "boot")
     with step("Root slot: erofs (lz4hc) + dm-verity"):
         slot = make_slot(tree, work / "slot", tools, name=name, version=version, epoch=epoch)

@@ -6,20 +6,24 @@ import datetime
 import json
 import logging
 import os
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
+from builder.apt import resolve_mirrors
 from builder.artifacts import Cache, fetch_all
 from builder.components import upstream_artifacts
 from builder.doctor import check_host, install_hint
 from builder.errors import HostbuildError
 from builder.image import BuildOptions, build_image, image_name, plan_build
 from builder.log import current_log_file, log_file, setup_logging
-from builder.profile import display, dump_profile, list_profiles, load_profile
+from builder.profile import Debian, display, dump_profile, list_profiles, load_profile
+from builder.qemu import Accelerator, VmConfig, boot_vm
 from builder.skew import supported_api_servers
+from builder.toolstree import ensure_tools_tree
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +207,48 @@ def _emit(data: dict[str, Any], as_json: bool) -> None:
     dib_command = data.pop("dib_command")
     click.echo(json.dumps(data, indent=2))
     click.echo(f"\ndiskimage-builder command:\n{dib_command}")
+
+
+@cli.command()
+@click.option(
+    "--image", "image_path", required=True, metavar="PATH",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A raw disk image (NAME.raw from hostbuild image); it is never modified.",
+)  # fmt: skip
+@click.option(
+    "--ssh-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+    help="A public key for root, passed as the ssh.authorized_keys.root credential.",
+)  # fmt: skip
+@click.option(
+    "--ssh-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+    help="Port on 127.0.0.1 forwarded to the guest's SSH (0: pick a free one).",
+)  # fmt: skip
+@click.option("--memory", type=click.IntRange(512), default=2048, show_default=True, help="MiB.")
+@click.option("--cpus", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option(
+    "--accel", type=click.Choice([a.value for a in Accelerator]), default="tcg", show_default=True,
+    help="tcg (software), kvm, or auto (kvm only if a short probe shows it works).",
+)  # fmt: skip
+@pass_state
+def boot(
+    state: State, image_path: Path, ssh_key: Path | None, ssh_port: int, memory: int, cpus: int,
+    accel: str,
+) -> None:  # fmt: skip
+    """Boot an image under QEMU (UEFI, copy-on-write overlay) until Ctrl-C."""
+    mirrors = resolve_mirrors(Debian(release="trixie"))
+    tools = ensure_tools_tree(state.cache, mirrors.main)
+    credentials = {"ssh.authorized_keys.root": ssh_key.read_bytes()} if ssh_key else {}
+    work = state.cache / "vms" / f"{image_path.stem}-{os.getpid()}"
+    config = VmConfig(
+        image=image_path, memory_mib=memory, cpus=cpus, ssh_port=ssh_port,
+        credentials=credentials, accelerator=Accelerator(accel),
+    )  # fmt: skip
+    with boot_vm(config, tools, work) as vm:
+        click.echo(f"serial console: {vm.serial_log}", err=True)
+        click.echo(f"ssh: ssh -p {vm.ssh_port} root@127.0.0.1 (with --ssh-key's key)", err=True)
+        while vm.exit_code() is None:
+            time.sleep(1)
+        click.echo(f"QEMU exited with code {vm.exit_code()}", err=True)
 
 
 @cli.command()

@@ -192,6 +192,8 @@ def node_files() -> list[ImageFile]:
               render("ssh-dropin.conf")),
         _text("hostbuild-base", "/usr/lib/tmpfiles.d/hostbuild-ssh.conf",
               render("ssh-tmpfiles.conf")),
+        _text("hostbuild-base", "/usr/lib/tmpfiles.d/hostbuild-var.conf",
+              render("var-tmpfiles.conf")),
     ]  # fmt: skip
 
 

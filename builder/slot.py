@@ -53,6 +53,31 @@ def extract_tree(rootfs_tar: Path, tree: Path) -> None:
     )
 
 
+MOUNT_POINTS = {
+    "proc": 0o555,
+    "sys": 0o555,
+    "dev": 0o755,
+    "run": 0o755,
+    "tmp": 0o1777,
+    "var": 0o755,
+}
+DPKG_DB = "usr/lib/hostbuild/dpkg"
+
+
+def prepare_tree(tree: Path) -> None:
+    """What a read-only root needs that a build tree lacks.
+
+    The mount points systemd moves into the new root at switch-root (DIB's tar leaves out /proc
+    and /sys, and nothing can create them on erofs), and a copy of the package database below
+    /usr: /var is the data partition, so the image's own /var is hidden at run time (tmpfiles
+    links /var/lib/dpkg back to the copy of the running version).
+    """
+    for name, mode in MOUNT_POINTS.items():
+        (tree / name).mkdir(exist_ok=True)
+        (tree / name).chmod(mode)
+    shutil.copytree(tree / "var/lib/dpkg", tree / DPKG_DB, symlinks=True)
+
+
 def take_boot_files(tree: Path, dest: Path) -> tuple[Path, Path, str]:
     """Move the kernel and initrd out of the tree's /boot (they live in the UKI, not the root)."""
     kernels = sorted((tree / "boot").glob("vmlinuz-*"))

@@ -95,3 +95,37 @@ def ssh_command(config: Path, command: str) -> list[str]:
 
 def quote(*args: str) -> str:
     return shlex.join(args)
+
+
+def build_unbootable_uki(image: BuiltImage, tools: ToolsTree, work: Path, version: str) -> Path:
+    """A UKI of a newer `version` whose command line names the empty slot B: it cannot boot.
+
+    It carries the image's own kernel and initrd (taken out of the built UKI), so the failure is
+    exactly the one a bad update would cause: verity setup of a slot that holds no valid root.
+    """
+    name = image.manifest["name"]
+    run(["zstd", "-q", "-d", "-f", image.output / f"{name}.update" / f"{name}.efi.zst",
+         "-o", work / "good.efi"])  # fmt: skip
+    tools.run(["python3", "-c", (
+        "import pefile, sys\n"
+        "pe = pefile.PE(sys.argv[1])\n"
+        "for s in pe.sections:\n"
+        "    n = s.Name.rstrip(b'\\0').decode()\n"
+        "    if n in ('.linux', '.initrd', '.osrel'):\n"
+        "        open(sys.argv[2] + n, 'wb').write(s.get_data()[:s.Misc_VirtualSize])\n"
+    ), work / "good.efi", work / "section"], binds=[work])  # fmt: skip
+    osrel = (work / "section.osrel").read_bytes().rstrip(b"\0").decode()
+    lines = [line for line in osrel.splitlines() if not line.startswith("IMAGE_VERSION=")]
+    (work / "os-release").write_text("\n".join([*lines, f"IMAGE_VERSION={version}"]) + "\n")
+    parts = {p["role"]: p["partuuid"] for p in image.manifest["layout"]["partitions"]}
+    cmdline = image.manifest["kernel"]["cmdline"]
+    cmdline = cmdline.replace(parts["root-a"], parts["root-b"])
+    cmdline = cmdline.replace(parts["root-a-verity"], parts["root-b-verity"])
+    cmdline = cmdline.replace(image.manifest["roothash"], "0" * 64)
+    out = work / "unbootable.efi"
+    tools.run([
+        "ukify", "build", f"--linux={work / 'section.linux'}",
+        f"--initrd={work / 'section.initrd'}", f"--os-release=@{work / 'os-release'}",
+        f"--cmdline={cmdline}", f"--output={out}",
+    ], binds=[work])  # fmt: skip
+    return out

@@ -1,0 +1,94 @@
+"""Layout v1: sizes, order, types, derived GUIDs; assembly into a sparse raw file with sgdisk."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder.disk import (
+    ESP_TYPE,
+    ROOT_TYPE,
+    VERITY_TYPE,
+    GiB,
+    MiB,
+    assemble_disk,
+    plan_layout,
+    slot_size,
+)
+from builder.run import run
+from builder.uki import SlotRef, kernel_cmdline
+
+
+def test_layout_v1_order_types_and_labels() -> None:
+    layout = plan_layout("worker-1.2.3-4", "1.2.3-4", "worker", 300 * MiB)
+    assert [p.role for p in layout.partitions] == [
+        "esp", "root-a", "root-a-verity", "root-b", "root-b-verity",
+    ]  # fmt: skip
+    assert [p.type_guid for p in layout.partitions] == [
+        ESP_TYPE, ROOT_TYPE, VERITY_TYPE, ROOT_TYPE, VERITY_TYPE,
+    ]  # fmt: skip
+    assert [p.label for p in layout.partitions] == [
+        "esp", "worker_1.2.3-4", "worker_1.2.3-4_verity", "_empty", "_empty",
+    ]  # fmt: skip
+    starts = [p.start for p in layout.partitions]
+    assert starts[0] == MiB and all(s % MiB == 0 for s in starts)
+    for before, after in zip(layout.partitions, layout.partitions[1:], strict=False):
+        assert before.start + before.size == after.start
+    end = layout.partitions[-1].start + layout.partitions[-1].size
+    assert layout.disk_size >= end + 512 * MiB  # room for /var at first boot
+
+
+def test_slots_have_twice_the_root_and_a_floor() -> None:
+    assert slot_size(100 * MiB) == 1 * GiB
+    assert slot_size(700 * MiB) >= 1400 * MiB
+    assert slot_size(700 * MiB) % (64 * MiB) == 0
+
+
+def test_guids_are_derived_not_random() -> None:
+    a = plan_layout("worker-1.2.3-4", "1.2.3-4", "worker", 300 * MiB)
+    b = plan_layout("worker-1.2.3-4", "1.2.3-4", "worker", 300 * MiB)
+    c = plan_layout("worker-1.2.3-5", "1.2.3-5", "worker", 300 * MiB)
+    assert a == b
+    assert a.disk_guid != c.disk_guid
+    assert len({p.partuuid for p in a.partitions}) == 5
+
+
+@pytest.mark.skipif(shutil.which("sgdisk") is None, reason="sgdisk is not installed")
+def test_assemble_writes_gpt_and_contents(tmp_path: Path) -> None:
+    layout = plan_layout("t-1.0.0-1", "1.0.0-1", "t", 10 * MiB)
+    esp = tmp_path / "esp.img"
+    esp.write_bytes(b"E" * MiB)
+    erofs = tmp_path / "root.erofs"
+    erofs.write_bytes(b"R" * (2 * MiB))
+    raw = assemble_disk(layout, {"esp": esp, "root-a": erofs}, tmp_path / "disk.raw")
+    assert raw.stat().st_size == layout.disk_size
+    assert raw.stat().st_blocks * 512 < 16 * MiB  # sparse: only what was written
+    printed = run(["sgdisk", "-p", raw]).stdout
+    assert "t_1.0.0-1" in printed and "_empty" in printed
+    with raw.open("rb") as f:
+        f.seek(layout.by_role("root-a").start)
+        assert f.read(4) == b"RRRR"
+        f.seek(layout.by_role("esp").start)
+        assert f.read(4) == b"EEEE"
+
+
+def test_oversized_content_is_refused(tmp_path: Path) -> None:
+    layout = plan_layout("t-1.0.0-1", "1.0.0-1", "t", 10 * MiB)
+    big = tmp_path / "big"
+    with big.open("wb") as f:
+        f.truncate(layout.by_role("esp").size + 1)
+    with pytest.raises(ValueError, match="exceeds esp"):
+        assemble_disk(layout, {"esp": big}, tmp_path / "disk.raw")
+
+
+def test_kernel_cmdline_binds_the_slot() -> None:
+    cmdline = kernel_cmdline(SlotRef("data-uuid", "hash-uuid", "ab" * 32), ("console=ttyS0",))
+    args = cmdline.split()
+    assert args[:3] == ["root=/dev/mapper/root", "rootfstype=erofs", "ro"]
+    assert f"roothash={'ab' * 32}" in args
+    assert "systemd.verity_root_data=/dev/disk/by-partuuid/data-uuid" in args
+    assert "systemd.verity_root_hash=/dev/disk/by-partuuid/hash-uuid" in args
+    assert "systemd.verity_root_options=panic-on-corruption" in args
+    assert args[-1] == "console=ttyS0"

@@ -1,0 +1,221 @@
+"""Boot the stand-in worker image under QEMU and check it with testinfra over SSH.
+
+One VM is shared by the read-only checks; the reboot checks run last on the same VM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from builder.qemu import Vm
+from builder.run import run
+from builder.toolstree import ToolsTree
+from tests.vm.conftest import cache_dir
+from tests.vm.image import (
+    BuiltImage,
+    SshKey,
+    booted,
+    build_standin_image,
+    build_unbootable_uki,
+    make_ssh_key,
+    ssh_config,
+)
+from tests.vm.oci import IMAGE_NAME, build_oci_archive
+
+pytestmark = pytest.mark.vm
+
+BUSYBOX = Path("/bin/busybox")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    return build_standin_image(cache_dir(), tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> SshKey:
+    return make_ssh_key(tmp_path_factory.mktemp("key"))
+
+
+class Node:
+    """The booted VM and a testinfra host on it."""
+
+    def __init__(self, vm: Vm, config: Path) -> None:
+        self.vm = vm
+        self.config = config
+        self.host = testinfra.get_host("ssh://vm", ssh_config=os.fspath(config))
+
+    def sh(self, command: str) -> str:
+        result = self.host.run(command)
+        assert result.rc == 0, f"{command}: rc={result.rc}\n{result.stdout}{result.stderr}"
+        return str(result.stdout)
+
+    def wait_for(self, command: str, timeout: float = 180.0) -> str:
+        end = time.monotonic() + timeout
+        while True:
+            result = self.host.run(command)
+            if result.rc == 0:
+                return str(result.stdout)
+            if time.monotonic() > end:
+                raise AssertionError(f"{command} still fails: {result.stdout}{result.stderr}")
+            time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def node(
+    image: BuiltImage, key: SshKey, tools_tree: ToolsTree, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
+    work = tmp_path_factory.mktemp("vm")
+    with booted(image.raw, tools_tree, work, key) as vm:
+        yield Node(vm, ssh_config(work / "ssh_config", vm.ssh_port, key))
+
+
+def test_boot_completes_and_the_entry_is_blessed(node: Node, image: BuiltImage) -> None:
+    node.wait_for("systemctl is-active boot-complete.target")
+    node.wait_for("systemctl is-active systemd-bless-boot.service")
+    esp = node.sh("bootctl --print-esp-path").strip()
+    entries = node.sh(f"ls {esp}/EFI/Linux").split()
+    assert entries == [image.manifest["uki"]["file"].replace("+3", "")]  # counter removed
+    assert "hostbuild" in node.sh("bootctl status --no-pager")
+
+
+def test_disk_layout_v1(node: Node, image: BuiltImage) -> None:
+    columns = "NAME,PARTUUID,PARTTYPE,PARTLABEL,START,SIZE"
+    table = json.loads(node.sh(f"lsblk --json --bytes -o {columns} /dev/vda"))
+    parts = table["blockdevices"][0]["children"]
+    expected = image.manifest["layout"]["partitions"]
+    for got, want in zip(parts, expected, strict=False):
+        assert got["partuuid"] == want["partuuid"]
+        assert got["parttype"] == want["type_guid"]
+        assert got["partlabel"] == want["label"]
+    var = parts[len(expected)]
+    assert var["partlabel"] == "var" and var["parttype"] == "4d21b016-b534-45c2-a9fb-5c16e091fd2d"
+    disk_bytes = int(node.sh("blockdev --getsize64 /dev/vda"))
+    assert var["start"] * 512 + var["size"] >= disk_bytes - 2 * 2**20  # /var fills the disk
+    esp = node.sh("bootctl --print-esp-path").strip()
+    assert node.sh(f"cat {esp}/loader/hostbuild-layout") == "layout 1\n"
+
+
+def test_root_is_dm_verity_and_read_only(node: Node, image: BuiltImage) -> None:
+    source, fstype, options = node.sh("findmnt -no SOURCE,FSTYPE,OPTIONS /").split()
+    assert (source, fstype) == ("/dev/mapper/root", "erofs")
+    assert "ro" in options.split(",")
+    status = node.sh("veritysetup status root")
+    assert "type:        VERITY" in status and "status:      verified" in status
+    assert image.manifest["roothash"] in node.sh("cat /proc/cmdline")
+    for path in ("/hostbuild-test", "/usr/hostbuild-test", "/etc/hostbuild-test"):
+        result = node.host.run(f"touch {path}")
+        assert result.rc != 0 and "Read-only file system" in result.stderr
+
+
+def test_var_is_the_persistent_data_partition(node: Node) -> None:
+    source, fstype = node.sh("findmnt -no SOURCE,FSTYPE /var").split()
+    assert fstype == "ext4" and node.sh(f"lsblk -no PARTLABEL {source}").strip() == "var"
+    machine_id = node.sh("cat /etc/machine-id").strip()
+    assert machine_id == node.sh("cat /var/lib/hostbuild/machine-id").strip()
+    assert node.host.file(f"/var/log/journal/{machine_id}").is_directory
+
+
+def test_containerd_runs_a_container(node: Node, tmp_path: Path) -> None:
+    if not BUSYBOX.exists():
+        pytest.skip("busybox-static is not installed on the host (bash .ci/setup installs it)")
+    archive = build_oci_archive(BUSYBOX, tmp_path / "busybox-oci.tar")
+    run(["scp", "-F", node.config, "-q", archive, "vm:/var/tmp/busybox-oci.tar"])
+    node.sh("ctr image import /var/tmp/busybox-oci.tar")
+    out = node.sh(
+        f"ctr run --rm {IMAGE_NAME} hostbuild-test /bin/busybox echo hello from a container"
+    )
+    assert out.strip() == "hello from a container"
+
+
+def test_pinned_components(node: Node, image: BuiltImage) -> None:
+    pins = image.manifest["debian"]["pinned"]
+    for package, version in pins.items():
+        assert node.sh(f"dpkg-query -W -f '${{Version}}' {package}") == version
+    kubelet = image.manifest["components"]["kubelet"]
+    assert node.sh("sha256sum /usr/bin/kubelet").split()[0] == kubelet["sha256"]
+    assert node.host.file("/usr/sbin/runc").is_file
+    assert node.host.file("/usr/lib/cni/bridge").is_file
+
+
+def test_kubelet_waits_for_cluster_configuration(node: Node) -> None:
+    assert node.host.service("kubelet").is_enabled
+    assert node.sh("systemctl show kubelet -p ConditionResult --value").strip() == "no"
+    config = node.sh("cat /etc/kubernetes/kubelet/config.yaml")
+    assert "maxPods: 110" in config and "serializeImagePulls: false" in config
+    assert node.host.service("containerd").is_running
+
+
+def test_modules_and_sysctls_in_effect(node: Node) -> None:
+    modules = node.sh("lsmod")
+    assert "br_netfilter" in modules and "overlay" in modules
+    assert node.sh("sysctl -n net.ipv4.ip_forward").strip() == "1"
+    assert node.sh("sysctl -n net.bridge.bridge-nf-call-iptables").strip() == "1"
+
+
+def test_nothing_waits_for_the_network(node: Node) -> None:
+    assert not node.host.service("systemd-networkd-wait-online").is_enabled
+    assert node.host.run("systemctl is-active network-online.target").stdout.strip() != "active"
+
+
+def test_health_gate_passed(node: Node) -> None:
+    assert (
+        node.host.service("hostbuild-health").is_running
+        or node.sh("systemctl is-active hostbuild-health").strip() == "active"
+    )
+    health = json.loads(node.sh("cat /run/hostbuild/health.json"))
+    assert health["healthy"] is True
+    assert health["checks"]["containerd"] is None
+
+
+def test_reboot_keeps_machine_id_and_journal(node: Node) -> None:
+    machine_id = node.sh("cat /etc/machine-id").strip()
+    node.host.run("systemctl reboot")
+    time.sleep(10)
+    node.vm.wait_for_ssh(300)
+    # the entry was blessed on the first boot: no boot counting, so no boot-complete.target now
+    node.wait_for("systemctl is-active multi-user.target")
+    assert node.sh("cat /etc/machine-id").strip() == machine_id
+    boots = node.sh("journalctl --list-boots --no-pager -q").strip().splitlines()
+    assert len(boots) >= 2
+
+
+def test_no_ssh_without_a_key(image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path) -> None:
+    with booted(image.raw, tools_tree, tmp_path, key=None) as vm:
+        vm.wait_for_serial(r"Reached target .*multi-user\.target|Multi-User System", 300)
+        time.sleep(5)
+        with pytest.raises(Exception):  # noqa: B017 -- any failure to get a banner is the point
+            vm.wait_for_ssh(5)
+
+
+@pytest.mark.destructive
+def test_boot_counting_falls_back_from_a_bad_update(
+    image: BuiltImage, key: SshKey, tools_tree: ToolsTree, tmp_path: Path
+) -> None:
+    """A newer UKI that cannot boot is tried once (+1), then the previous entry boots again."""
+    bad = build_unbootable_uki(image, tools_tree, tmp_path, "9.9.9-1")
+    with booted(image.raw, tools_tree, tmp_path / "vm", key) as vm:
+        node = Node(vm, ssh_config(tmp_path / "ssh_config", vm.ssh_port, key))
+        node.wait_for("systemctl is-active systemd-bless-boot.service")
+        esp = node.sh("bootctl --print-esp-path").strip()
+        profile = image.manifest["profile"]
+        run(["scp", "-F", node.config, "-q", bad, f"vm:{esp}/EFI/Linux/{profile}_9.9.9-1+1.efi"])
+        node.sh("sync")
+        node.host.run("systemctl reboot")
+        time.sleep(10)
+        # the bad entry boots, its verity setup fails and the initrd reboots (FailureAction)
+        vm.wait_for_serial(r"roothash=0{64}", 300)
+        vm.wait_for_serial(r"systemctl status systemd-veritysetup@root.service' for details", 300)
+        vm.wait_for_ssh(400)
+        entries = node.sh(f"ls {esp}/EFI/Linux").split()
+        assert f"{profile}_9.9.9-1+0-1.efi" in entries  # tried once, no tries left: bad
+        booted_entry = node.sh("cat /sys/firmware/efi/efivars/LoaderEntrySelected-* | tr -d '\\0'")
+        assert image.manifest["version"] in booted_entry.replace("\x06", "")
+        assert image.manifest["roothash"] in node.sh("cat /proc/cmdline")
