@@ -20,10 +20,12 @@ from builder.doctor import check_host, install_hint
 from builder.errors import HostbuildError
 from builder.image import BuildOptions, build_image, image_name, plan_build
 from builder.log import current_log_file, log_file, setup_logging
+from builder.manifest import read_manifest
 from builder.profile import Debian, display, dump_profile, list_profiles, load_profile
 from builder.qemu import Accelerator, VmConfig, boot_vm
 from builder.skew import supported_api_servers
 from builder.toolstree import ensure_tools_tree
+from builder.vmtest import run_smoke, run_suite
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ def image(
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Build the image of a profile (for now: its verified root tree and manifest)."""
+    """Build the disk image of a profile: raw, qcow2, update payload, manifest and SBOM."""
     profile = load_profile(profile_ref)
     output = (output or Path("output") / profile.name).absolute()
     options = BuildOptions(output, state.cache, artifact_mirror, lock)
@@ -249,6 +251,33 @@ def boot(
         while vm.exit_code() is None:
             time.sleep(1)
         click.echo(f"QEMU exited with code {vm.exit_code()}", err=True)
+
+
+@cli.command("test")
+@click.option(
+    "--image", "output", required=True, metavar="DIR",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The output directory of hostbuild image (it holds manifest.json and NAME.raw).",
+)  # fmt: skip
+@click.option("--smoke", is_flag=True, help="Only the fast check: no SSH, a verdict, poweroff.")
+@pass_state
+def test_image(state: State, output: Path, smoke: bool) -> None:
+    """Boot a built image under QEMU and check it (the testinfra suite, or --smoke)."""
+    manifest = read_manifest(output)
+    raw = output / f"{manifest['name']}.raw"
+    if not smoke:
+        run_suite(output, [])
+        return
+    tools = ensure_tools_tree(state.cache, resolve_mirrors(Debian(release="trixie")).main)
+    result = run_smoke(raw, tools, state.cache / "vms" / f"smoke-{os.getpid()}")
+    for verdict in result.verdicts:
+        click.echo(f"{raw.name}: {verdict}")
+    if not result.passed:
+        raise HostbuildError(
+            f"smoke check of {raw.name} failed" + ("" if result.verdicts else ": no verdict"),
+            hint=f"serial console: {result.serial_log}",
+        )
+    click.echo(f"{raw.name}: smoke check passed in {result.seconds:.0f}s")
 
 
 @cli.command()

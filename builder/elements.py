@@ -121,7 +121,7 @@ def config_files(profile: Profile, build: int) -> list[ImageFile]:
         _text("hostbuild-base", "/usr/lib/hostbuild/os-release", release),
     ]  # fmt: skip
     files += boot_files() + node_files()
-    enable += ["ssh.service", "hostbuild-health.service"]
+    enable += ["ssh.service", "hostbuild-health.service", "hostbuild-smoke.service"]
     for f in profile.files:
         files.append(_text("hostbuild-base", f.path, f.content, int(f.mode, 8)))
     pinned = profile.components.pinned()
@@ -194,6 +194,9 @@ def node_files() -> list[ImageFile]:
               render("ssh-tmpfiles.conf")),
         _text("hostbuild-base", "/usr/lib/tmpfiles.d/hostbuild-var.conf",
               render("var-tmpfiles.conf")),
+        _text("hostbuild-base", "/usr/lib/systemd/system/hostbuild-smoke.service",
+              render("smoke.service")),
+        _text("hostbuild-base", "/usr/lib/hostbuild/smoke", render("smoke"), 0o755),
     ]  # fmt: skip
 
 

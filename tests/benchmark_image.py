@@ -17,7 +17,7 @@ from pathlib import Path
 from builder.apt import resolve_mirrors
 from builder.profile import Debian
 from builder.run import run
-from builder.slot import COMPRESSORS
+from builder.slot import COMPRESSORS, PCLUSTER
 from builder.toolstree import ensure_tools_tree
 from tests.vm.conftest import cache_dir
 from tests.vm.image import booted, make_ssh_key, ssh_config
@@ -44,7 +44,7 @@ def main() -> None:
         for name, option in COMPRESSORS.items():
             image = work / f"{name}.erofs"
             start = time.monotonic()
-            tools.run(["mkfs.erofs", f"-z{option}", image, tree], binds=[work])
+            tools.run(["mkfs.erofs", f"-z{option}", f"-C{PCLUSTER}", image, tree], binds=[work])
             mkfs = time.monotonic() - start
             out = work / f"read-{name}"
             start = time.monotonic()

@@ -15,6 +15,14 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 
 
+def skip_marked(items: list[pytest.Item], marker: str, reason: str | None) -> None:
+    """Skip the collected tests carrying `marker` when a capability probe gave a reason."""
+    if reason:
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(autouse=True)
 def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
     """Messages name files relative to the working directory: run every test from the repo."""

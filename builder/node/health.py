@@ -99,8 +99,16 @@ def run_gate(
         time.sleep(interval)
 
 
+def deadline_of(cmdline: str, environ: dict[str, str]) -> float:
+    """`hostbuild.health_deadline=N` on the kernel command line, else the unit's environment."""
+    for arg in cmdline.split():
+        if arg.startswith("hostbuild.health_deadline="):
+            return float(arg.split("=", 1)[1])
+    return float(environ.get("HOSTBUILD_HEALTH_DEADLINE", DEFAULT_DEADLINE))
+
+
 def main(argv: Sequence[str] = sys.argv[1:]) -> int:
-    deadline = float(os.environ.get("HOSTBUILD_HEALTH_DEADLINE", DEFAULT_DEADLINE))
+    deadline = deadline_of(Path("/proc/cmdline").read_text(), dict(os.environ))
     results = run_gate(CHECKS, deadline)
     healthy = all(r is None for r in results.values())
     STATUS.parent.mkdir(parents=True, exist_ok=True)

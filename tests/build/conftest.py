@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from builder.doctor import check_host
+from tests.conftest import skip_marked
 
 
 def _probe() -> str | None:
@@ -23,11 +24,7 @@ def _probe() -> str | None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    reason = _probe()
-    if reason:
-        for item in items:
-            if "build" in item.keywords:
-                item.add_marker(pytest.mark.skip(reason=reason))
+    skip_marked(items, "build", _probe())
 
 
 @pytest.fixture(scope="session")

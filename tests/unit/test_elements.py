@@ -20,15 +20,19 @@ from builder.elements import (
 )
 from builder.errors import HostbuildError
 from builder.profile import load_profile
-from tests.conftest import DATA
+from tests.conftest import DATA, REPO
 
 GOLDEN = DATA / "golden"
 UPDATE = os.environ.get("HOSTBUILD_UPDATE_GOLDEN") == "1"
+VERBATIM = {"/usr/lib/hostbuild/health.py": REPO / "builder" / "node" / "health.py"}
 
 
 @pytest.mark.parametrize("name", ["worker", "base"])
 def test_rendered_files_match_golden(name: str) -> None:
     rendered = {f.path: f for f in config_files(load_profile(name), build=1)}
+    # installed verbatim from builder/node/: compared with its source, not a golden copy
+    for path, source in VERBATIM.items():
+        assert rendered.pop(path).content == source.read_bytes()
     root = GOLDEN / name
     if UPDATE:
         for f in rendered.values():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.node.health import kubelet_healthy, run_gate, user_probes
+from builder.node.health import deadline_of, kubelet_healthy, run_gate, user_probes
 
 
 def test_gate_passes_once_every_check_passes() -> None:
@@ -73,3 +73,9 @@ def test_kubelet_checked_only_once_configured(tmp_path: Path, healthz: str) -> N
         assert kubelet_healthy([kubeconfig], healthz) == "healthz: '[-]ping failed'"
     finally:
         Healthz.body = b"ok"
+
+
+def test_deadline_from_kernel_command_line_or_environment() -> None:
+    assert deadline_of("ro quiet hostbuild.health_deadline=20", {}) == 20.0
+    assert deadline_of("ro quiet", {"HOSTBUILD_HEALTH_DEADLINE": "300"}) == 300.0
+    assert deadline_of("ro", {}) == 300.0

@@ -10,6 +10,7 @@ import pytest
 
 from builder.apt import host_mirrors
 from builder.toolstree import ToolsTree, ensure_tools_tree, host_is_new_enough
+from tests.conftest import skip_marked
 
 
 def cache_dir() -> Path:
@@ -37,11 +38,7 @@ def _probe() -> str | None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    reason = _probe()
-    if reason:
-        for item in items:
-            if "vm" in item.keywords:
-                item.add_marker(pytest.mark.skip(reason=reason))
+    skip_marked(items, "vm", _probe())
 
 
 @pytest.fixture(scope="session")

@@ -97,11 +97,13 @@ def quote(*args: str) -> str:
     return shlex.join(args)
 
 
-def build_unbootable_uki(image: BuiltImage, tools: ToolsTree, work: Path, version: str) -> Path:
-    """A UKI of a newer `version` whose command line names the empty slot B: it cannot boot.
+def build_uki_variant(
+    image: BuiltImage, tools: ToolsTree, work: Path, version: str, cmdline: str
+) -> Path:
+    """A UKI of a newer `version` with another command line: a stand-in for a bad update.
 
-    It carries the image's own kernel and initrd (taken out of the built UKI), so the failure is
-    exactly the one a bad update would cause: verity setup of a slot that holds no valid root.
+    It carries the image's own kernel and initrd (taken out of the built UKI), so only the
+    command line differs from what the image boots.
     """
     name = image.manifest["name"]
     run(["zstd", "-q", "-d", "-f", image.output / f"{name}.update" / f"{name}.efi.zst",
@@ -117,15 +119,25 @@ def build_unbootable_uki(image: BuiltImage, tools: ToolsTree, work: Path, versio
     osrel = (work / "section.osrel").read_bytes().rstrip(b"\0").decode()
     lines = [line for line in osrel.splitlines() if not line.startswith("IMAGE_VERSION=")]
     (work / "os-release").write_text("\n".join([*lines, f"IMAGE_VERSION={version}"]) + "\n")
-    parts = {p["role"]: p["partuuid"] for p in image.manifest["layout"]["partitions"]}
-    cmdline = image.manifest["kernel"]["cmdline"]
-    cmdline = cmdline.replace(parts["root-a"], parts["root-b"])
-    cmdline = cmdline.replace(parts["root-a-verity"], parts["root-b-verity"])
-    cmdline = cmdline.replace(image.manifest["roothash"], "0" * 64)
-    out = work / "unbootable.efi"
+    out = work / f"variant-{version}.efi"
     tools.run([
         "ukify", "build", f"--linux={work / 'section.linux'}",
         f"--initrd={work / 'section.initrd'}", f"--os-release=@{work / 'os-release'}",
         f"--cmdline={cmdline}", f"--output={out}",
     ], binds=[work])  # fmt: skip
     return out
+
+
+def tampered_copy(image: BuiltImage, work: Path) -> Path:
+    """A copy of the raw image with bytes flipped in root slot A's erofs superblock."""
+    copy = work / "tampered.raw"
+    run(["cp", "--sparse=always", image.raw, copy])
+    start = next(
+        p["start"] for p in image.manifest["layout"]["partitions"] if p["role"] == "root-a"
+    )
+    with copy.open("r+b") as f:
+        f.seek(start + 1024)
+        block = bytearray(f.read(64))
+        f.seek(start + 1024)
+        f.write(bytes(b ^ 0xFF for b in block))
+    return copy
