@@ -159,7 +159,7 @@ def staged_output(output: Path) -> Iterator[Path]:
 
 
 def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str, Any]:
-    """Build the profile's root tree into options.output; return the manifest."""
+    """Build the profile's disk image, payload, SBOM and manifest into options.output."""
     started = time.monotonic()
     workdir = options.cache / "work" / f"{image_name(profile)}-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
