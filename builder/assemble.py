@@ -24,7 +24,7 @@ from builder.slot import (
     prepare_tree,
     take_boot_files,
 )
-from builder.uki import SlotRef, build_uki, kernel_cmdline
+from builder.uki import SlotRef, build_uki, compress_initrd, kernel_cmdline
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ def assemble_image(
         layout.by_role("root-a").partuuid, layout.by_role("root-a-verity").partuuid, slot.roothash
     )
     cmdline = kernel_cmdline(ref, profile.kernel.cmdline)
-    with step("UKI (ukify) and ESP (mtools)"):
+    with step("UKI (zstd initrd, ukify) and ESP (mtools)"):
+        initrd = compress_initrd(tools, initrd)
         uki = build_uki(tools, tree, kernel, initrd, kver, cmdline, work / "uki" / f"{name}.efi")
         volume_id = derived_uuid(name, version, "esp").hex[:8]
         uki_name = uki_filename(profile.name, version)

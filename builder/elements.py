@@ -131,7 +131,18 @@ def config_files(profile: Profile, build: int) -> list[ImageFile]:
         systemd = profile.kubelet is None or profile.kubelet.cgroup_driver is CgroupDriver.SYSTEMD
         files.append(_text("hostbuild-containerd", "/etc/containerd/config.toml", render(
             "containerd-config.toml.j2", profile=p, sandbox_image=profile.containerd.sandbox_image,
-            runc=runc, systemd_cgroup=systemd, cni_bin_dir="/usr/lib/cni")))  # fmt: skip
+            runc=runc, systemd_cgroup=systemd, cni_bin_dir="/opt/cni/bin")))  # fmt: skip
+        system = "/usr/lib/systemd/system"
+        files += [
+            _text("hostbuild-containerd", f"{system}/hostbuild-cni-dirs.service",
+                  render("cni-dirs.service")),
+            _text("hostbuild-containerd", f"{system}/opt-cni-bin.mount",
+                  render("opt-cni-bin.mount")),
+            _text("hostbuild-containerd", f"{system}/etc-cni-net.d.mount",
+                  render("etc-cni-net.d.mount")),
+            _text("hostbuild-containerd", f"{system}/containerd.service.d/50-hostbuild.conf",
+                  render("containerd-dropin.conf")),
+        ]  # fmt: skip
         if pinned["containerd"].source is Source.UPSTREAM:
             files.append(_text("hostbuild-containerd", "/usr/lib/systemd/system/containerd.service",
                                render("containerd.service")))  # fmt: skip

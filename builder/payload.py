@@ -20,7 +20,11 @@ def build_payload(
     entries = {}
     for role, source in files.items():
         target = out / f"{source.name}.zst"
-        run(["zstd", "-q", "-10", "-T0", "--no-progress", source, "-o", target])
+        # --long=27: a 128 MiB match window finds repeats across lz4hc's 64 KiB pclusters (the
+        # worker's erofs: 3 % smaller at about the same speed; level 19 would take 8x longer for
+        # 2 % more); it is the largest window zstd decompresses without being told to.
+        run(["zstd", "-q", "-10", "--long=27", "-T0", "--no-progress", source, "-o", target])
+        target.chmod(0o644)  # zstd copies the source's mode (veritysetup writes 0600)
         entries[role] = {
             "file": target.name,
             "size": source.stat().st_size,

@@ -13,11 +13,11 @@ import socket
 import subprocess  # noqa: TID251 -- runs on the node, outside the builder
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
+CRI_TYPE = "io.containerd.grpc.v1"
 KUBELET_CONFIGURED = (
     Path("/var/lib/kubelet/kubeconfig"),
     Path("/run/hostbuild/kubelet/bootstrap-kubeconfig"),
@@ -31,8 +31,8 @@ INTERVAL = 2.0
 Check = Callable[[], str | None]  # None when healthy, else the reason
 
 
-def containerd_answers(sock: Path = CONTAINERD_SOCKET) -> str | None:
-    """containerd's socket accepts connections and `ctr version` gets an answer."""
+def containerd_answers(sock: Path = CONTAINERD_SOCKET, ctr: str = "ctr") -> str | None:
+    """containerd answers on its socket, and its CRI plugin (what kubelet talks to) is loaded."""
     try:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
@@ -40,12 +40,24 @@ def containerd_answers(sock: Path = CONTAINERD_SOCKET) -> str | None:
     except OSError as e:
         return f"containerd socket {sock}: {e}"
     result = subprocess.run(
-        ["ctr", "--address", os.fspath(sock), "--timeout", "10s", "version"],
+        [ctr, "--address", os.fspath(sock), "--timeout", "10s", "plugins", "ls"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if result.returncode != 0:
-        return f"ctr version failed: {result.stderr.strip()[-200:]}"
-    return None
+        return f"ctr plugins ls failed: {result.stderr.strip()[-200:]}"
+    return cri_plugin_problem(result.stdout)
+
+
+def cri_plugin_problem(plugins: str) -> str | None:
+    """The CRI line of `ctr plugins ls` (TYPE ID PLATFORMS STATUS) says ok; None when it does."""
+    for line in plugins.splitlines():
+        fields = line.split()
+        if fields[:2] == [CRI_TYPE, "cri"]:
+            status = fields[-1]
+            return (
+                None if status == "ok" else f"containerd's CRI plugin: {status} (see its journal)"
+            )
+    return "containerd's CRI plugin is not loaded (disabled in /etc/containerd/config.toml?)"
 
 
 def kubelet_healthy(
@@ -54,6 +66,8 @@ def kubelet_healthy(
     """kubelet answers healthz, once node configuration has given it a cluster to join."""
     if not any(p.exists() for p in configured):
         return None  # not configured yet: nothing to check
+    import urllib.request  # here: it loads http, email and ssl, slow to import on small nodes
+
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             body = response.read(100).decode(errors="replace")
@@ -107,14 +121,24 @@ def deadline_of(cmdline: str, environ: dict[str, str]) -> float:
     return float(environ.get("HOSTBUILD_HEALTH_DEADLINE", DEFAULT_DEADLINE))
 
 
+def verdict(results: dict[str, str | None]) -> str:
+    """The one line the unit prints on the console (tests and operators watch for it)."""
+    failed = {name: reason for name, reason in results.items() if reason is not None}
+    if not failed:
+        return "hostbuild-health: healthy"
+    return "hostbuild-health: UNHEALTHY: " + "; ".join(f"{n}: {r}" for n, r in failed.items())
+
+
 def main(argv: Sequence[str] = sys.argv[1:]) -> int:
     deadline = deadline_of(Path("/proc/cmdline").read_text(), dict(os.environ))
+    print(f"hostbuild-health: checking (deadline {deadline:g} s)", flush=True)  # noqa: T201
     results = run_gate(CHECKS, deadline)
     healthy = all(r is None for r in results.values())
     STATUS.parent.mkdir(parents=True, exist_ok=True)
     STATUS.write_text(json.dumps({"healthy": healthy, "checks": results}, indent=2) + "\n")
     for name, reason in results.items():
         print(f"{name}: {'ok' if reason is None else reason}", file=sys.stderr)  # noqa: T201
+    print(verdict(results), flush=True)  # noqa: T201
     return 0 if healthy else 1
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.node import health
 from builder.node.health import deadline_of, kubelet_healthy, run_gate, user_probes
 
 
@@ -79,3 +80,26 @@ def test_deadline_from_kernel_command_line_or_environment() -> None:
     assert deadline_of("ro quiet hostbuild.health_deadline=20", {}) == 20.0
     assert deadline_of("ro quiet", {"HOSTBUILD_HEALTH_DEADLINE": "300"}) == 300.0
     assert deadline_of("ro", {}) == 300.0
+
+
+PLUGINS = """TYPE                                   ID                       PLATFORMS      STATUS
+io.containerd.snapshotter.v1           overlayfs                linux/amd64    ok
+io.containerd.grpc.v1                  cri                      linux/amd64    {status}
+io.containerd.grpc.v1                  version                  -              ok
+"""
+
+
+def test_cri_plugin_must_be_loaded() -> None:
+    assert health.cri_plugin_problem(PLUGINS.format(status="ok")) is None
+    assert health.cri_plugin_problem(PLUGINS.format(status="error")) == (
+        "containerd's CRI plugin: error (see its journal)"
+    )
+    without = "\n".join(line for line in PLUGINS.splitlines() if " cri " not in line)
+    assert "not loaded" in (health.cri_plugin_problem(without) or "")
+
+
+def test_verdict_names_each_failed_check() -> None:
+    assert health.verdict({"containerd": None, "kubelet": None}) == "hostbuild-health: healthy"
+    assert health.verdict({"containerd": "socket: refused", "kubelet": None}) == (
+        "hostbuild-health: UNHEALTHY: containerd: socket: refused"
+    )
