@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
@@ -36,7 +37,7 @@ IAM_HINT = "grant the IAM actions listed in README.md, section 'Publishing AMIs'
 
 def default_region() -> str | None:
     """The region of the standard chain (AWS_REGION, AWS_DEFAULT_REGION, the config profile)."""
-    region: str | None = boto3.session.Session().region_name
+    region: str | None = os.environ.get("AWS_REGION") or boto3.session.Session().region_name
     return region
 
 
@@ -134,6 +135,8 @@ def aws_errors(region: str, resume_hint: str) -> Iterator[None]:
         ) from e
     except botocore.exceptions.ClientError as e:
         raise explain(e, region, resume_hint) from e
+    except botocore.exceptions.BotoCoreError as e:  # connection resets and the like
+        raise HostbuildError(f"AWS call failed in {region}: {e}", hint=resume_hint) from e
 
 
 def explain(e: botocore.exceptions.ClientError, region: str, resume_hint: str) -> HostbuildError:
