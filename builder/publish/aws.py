@@ -23,7 +23,7 @@ from builder.publish.upload import UploadStats
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PublishResult:
     name: str
     source_region: str

@@ -43,7 +43,7 @@ class Timeouts:
     """Every wait has a bound, so a publish never hangs (seconds unless named otherwise)."""
 
     connect: float = 10
-    read: float = 60  # per request
+    read: float = 20  # per request attempt
     attempts: int = 8  # botocore retries (throttling, 5xx, connection errors)
     upload: float = 3 * 3600  # the whole block upload
     snapshot: float = 3600  # CompleteSnapshot to `completed`
