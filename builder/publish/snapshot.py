@@ -90,6 +90,8 @@ def ensure_snapshot(
         if record["status"] == "completed" and status == "completed":
             return SnapshotResult(record["snapshot_id"], UploadStats())
         if record["status"] == "completing" and status in ("pending", "completed"):
+            if status == "pending":  # CompleteSnapshot may never have reached AWS: send it again
+                complete(ebs, record, again=True)
             return SnapshotResult(finish(ec2, request, state, record), UploadStats())
         if record["status"] == "uploading" and status == "pending":
             return SnapshotResult(*upload(clients, request, state, record))
@@ -153,11 +155,23 @@ def upload(
     checksum = aggregate_checksum(result.digests[i] for i in sorted(result.digests))
     state.update_snapshot(status="completing", resume_below=result.watermark, checksum=checksum,
                           changed_blocks=len(result.digests))  # fmt: skip
-    clients.ebs(region).complete_snapshot(
-        SnapshotId=snapshot_id, ChangedBlocksCount=len(result.digests), Checksum=checksum,
-        ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR",
-    )  # fmt: skip
-    return finish(clients.ec2(region), request, state, state.snapshot or record), stats
+    record = state.snapshot or record
+    complete(clients.ebs(region), record)
+    return finish(clients.ec2(region), request, state, record), stats
+
+
+def complete(ebs: Any, record: dict[str, Any], again: bool = False) -> None:
+    """CompleteSnapshot with the recorded block count and LINEAR checksum."""
+    try:
+        ebs.complete_snapshot(
+            SnapshotId=record["snapshot_id"], ChangedBlocksCount=record["changed_blocks"],
+            Checksum=record["checksum"], ChecksumAlgorithm="SHA256",
+            ChecksumAggregationMethod="LINEAR",
+        )  # fmt: skip
+    except botocore.exceptions.ClientError as e:
+        if not again or error_code(e) not in ("ValidationException", "ConflictException"):
+            raise
+        logger.debug("CompleteSnapshot again: %s (it was already sealing)", error_code(e))
 
 
 def finish(ec2: Any, request: PublishRequest, state: PublishState, record: dict[str, Any]) -> str:

@@ -151,10 +151,12 @@ def snapshot_record(build: Path) -> dict[str, Any]:
 def test_snapshot_in_error_state_fails_clearly_and_the_next_run_starts_anew(
     aws: Stubbed, build: Path
 ) -> None:
-    state = record_snapshot(build, status="completing", checksum="x")
+    state = record_snapshot(build, status="completing", checksum="x", changed_blocks=1)
     failed = {"SnapshotId": "snap-0aaa", "State": "error", "StateMessage": "checksum mismatch"}
     pending = {**failed, "State": "pending", "StateMessage": ""}
-    for answer in (pending, failed, failed):  # the record check, the wait, the verdict
+    aws["ec2"].add_response("describe_snapshots", {"Snapshots": [pending]})  # the record check
+    aws["ebs"].add_response("complete_snapshot", {"Status": "pending"})  # sent again
+    for answer in (failed, failed):  # the wait, the verdict
         aws["ec2"].add_response("describe_snapshots", {"Snapshots": [answer]})
     with pytest.raises(HostbuildError) as error, aws_errors(REGION, HINT):
         ensure_snapshot(aws.clients, request_for(build), state)
@@ -177,8 +179,10 @@ def test_snapshot_in_error_state_fails_clearly_and_the_next_run_starts_anew(
 
 
 def test_snapshot_still_pending_times_out_and_stays_resumable(aws: Stubbed, build: Path) -> None:
-    state = record_snapshot(build, status="completing", checksum="x")
+    state = record_snapshot(build, status="completing", checksum="x", changed_blocks=1)
     pending = {"Snapshots": [{"SnapshotId": "snap-0aaa", "State": "pending"}]}
+    aws["ec2"].add_response("describe_snapshots", pending)
+    aws["ebs"].add_client_error("complete_snapshot", "ValidationException", "not pending", 400)
     for _ in range(40):
         aws["ec2"].add_response("describe_snapshots", pending)
     with pytest.raises(HostbuildError) as error, aws_errors(REGION, HINT):
@@ -240,3 +244,22 @@ def test_missing_credentials(build: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert "--dry-run needs none" in str(error.value.hint)
     assert "publish" not in json.loads((build / "manifest.json").read_text())
     assert os.environ.get("AWS_EC2_METADATA_DISABLED") == "true"  # no instance metadata probe
+
+
+def test_interrupted_completion_is_sent_again_then_awaited(aws: Stubbed, build: Path) -> None:
+    state = record_snapshot(build, status="completing", checksum="Y2hlY2tzdW0=", changed_blocks=3)
+    snapshot = {"SnapshotId": "snap-0aaa", "State": "pending"}
+    aws["ec2"].add_response("describe_snapshots", {"Snapshots": [snapshot]})
+    aws["ebs"].add_client_error("complete_snapshot", "ConflictException", "sealing", 409, {
+        "SnapshotId": "snap-0aaa", "ChangedBlocksCount": 3, "Checksum": "Y2hlY2tzdW0=",
+        "ChecksumAlgorithm": "SHA256", "ChecksumAggregationMethod": "LINEAR"})  # fmt: skip
+    aws["ec2"].add_response("describe_snapshots", {"Snapshots": [snapshot]})
+    aws["ec2"].add_response("describe_snapshots",
+                            {"Snapshots": [{**snapshot, "State": "completed"}]})  # fmt: skip
+    aws["ec2"].add_response("create_tags", {}, {
+        "Resources": ["snap-0aaa"], "Tags": [{"Key": "hostbuild:checksum", "Value": "Y2hlY2tzdW0="}]
+    })  # fmt: skip
+    result = ensure_snapshot(aws.clients, request_for(build), state)
+    assert (result.snapshot_id, result.stats.bytes_sent) == ("snap-0aaa", 0)
+    assert snapshot_record(build)["status"] == "completed"
+    aws.assert_done()
