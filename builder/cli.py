@@ -22,6 +22,7 @@ from builder.image import BuildOptions, build_image, image_name, plan_build
 from builder.log import current_log_file, log_file, setup_logging
 from builder.manifest import read_manifest
 from builder.profile import Debian, display, dump_profile, list_profiles, load_profile
+from builder.publish.cli import publish
 from builder.qemu import Accelerator, VmConfig, boot_vm
 from builder.skew import supported_api_servers
 from builder.toolstree import ensure_tools_tree
@@ -293,6 +294,9 @@ def doctor(state: State) -> None:
             "this machine cannot build images yet",
             hint=f"run: {hint}" if hint else "fix the checks marked MISSING",
         )
+
+
+cli.add_command(publish)
 
 
 def main() -> None:
