@@ -33,7 +33,8 @@ REGISTRY_HOST = re.compile(rf"^({_DNS_LABEL}(\.{_DNS_LABEL})*|\[[0-9a-fA-F:.]+\]
 IMAGE_REF = re.compile(
     r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?(@sha256:[0-9a-f]{64})?$"
 )
-FLAG = re.compile(r"^--([a-z0-9][a-z0-9-]*)(=\S*)?$")
+# kubelet's unit splits $KUBELET_EXTRA_ARGS at spaces and unquotes: flags carry neither
+FLAG = re.compile(r"^--([a-z0-9][a-z0-9-]*)(=[^\s\"'\\]*)?$")
 PROBE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CHANNEL = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 FLEETLOCK_GROUP = re.compile(r"^[a-zA-Z0-9.-]+$")
@@ -371,33 +372,30 @@ def _cluster(c: _Checker, value: Any, path: str) -> Cluster:
     keys = ("apiServer", "certificateAuthority", "bootstrapToken", "kubeconfig", "dns", "domain")
     m = c.mapping(value, path, keys, ("certificateAuthority",))
     p = functools.partial(join_path, path)
-    token = m.get("bootstrapToken")
-    if (
-        token is not None
-        and c.string(token, p("bootstrapToken"))
-        and not BOOTSTRAP_TOKEN.match(token)
-    ):
-        c.add(p("bootstrapToken"), "must be a bootstrap token: 6 and 16 lowercase letters or "
-              "digits joined by '.' (like 'abcdef.0123456789abcdef')")  # fmt: skip
-    kubeconfig = m.get("kubeconfig")
-    if kubeconfig is not None and c.string(kubeconfig, p("kubeconfig")):
-        _check_kubeconfig(c, kubeconfig, p("kubeconfig"))
-    if isinstance(value, dict) and (token is None) == (kubeconfig is None):
-        c.add(path, "give exactly one of bootstrapToken and kubeconfig")
+    token, kubeconfig = m.get("bootstrapToken"), m.get("kubeconfig")
     if "apiServer" in m:
         c.url(m["apiServer"], p("apiServer"))
         if kubeconfig is not None:
             c.add(p("apiServer"), "only with bootstrapToken (the kubeconfig names its server)")
     elif token is not None:
         c.add(p("apiServer"), "required with bootstrapToken (an https:// URL)")
-    return Cluster(
-        certificate_authority=c.pem(m["certificateAuthority"], p("certificateAuthority"),
-                                    ["CERTIFICATE"]) if "certificateAuthority" in m else "",
-        api_server=m.get("apiServer"), bootstrap_token=token, kubeconfig=kubeconfig,
-        dns=c.items(m.get("dns", []), p("dns"), lambda v, q: _ip(c, v, q)),
-        domain=c.string(m["domain"], p("domain"), DNS_NAME, "a DNS domain like 'cluster.local'")
-        if "domain" in m else None,
-    )  # fmt: skip
+    ca = ""
+    if "certificateAuthority" in m:
+        ca = c.pem(m["certificateAuthority"], p("certificateAuthority"), ["CERTIFICATE"])
+    if isinstance(token, str) and not BOOTSTRAP_TOKEN.match(token):
+        c.add(p("bootstrapToken"), "must be a bootstrap token: 6 and 16 lowercase letters "
+              "or digits joined by '.' (like 'abcdef.0123456789abcdef')")  # fmt: skip
+    elif token is not None:
+        c.string(token, p("bootstrapToken"))
+    if kubeconfig is not None and c.string(kubeconfig, p("kubeconfig")):
+        _check_kubeconfig(c, kubeconfig, p("kubeconfig"))
+    if isinstance(value, dict) and (token is None) == (kubeconfig is None):
+        c.add(path, "give exactly one of bootstrapToken and kubeconfig")
+    dns = c.items(m.get("dns", []), p("dns"), lambda v, q: _ip(c, v, q))
+    domain = None
+    if "domain" in m:
+        domain = c.string(m["domain"], p("domain"), DNS_NAME, "a DNS domain like 'cluster.local'")
+    return Cluster(ca, m.get("apiServer"), token, kubeconfig, dns, domain)
 
 
 def _check_kubeconfig(c: _Checker, text: str, path: str) -> None:
@@ -507,7 +505,7 @@ def _flag(c: _Checker, value: Any, path: str) -> str:
     text = c.string(value, path)
     match = FLAG.match(text)
     if text and not match:
-        c.add(path, f"must be one '--name=value' or '--name' flag without spaces, got {text!r}")
+        c.add(path, f"must be one '--name=value' or '--name' flag without spaces, quotes or backslashes, got {text!r}")
     elif match and match.group(1) in MANAGED_FLAGS:
         c.add(path, f"--{match.group(1)} cannot be set here: {MANAGED_FLAGS[match.group(1)]}")
     return text
@@ -560,10 +558,11 @@ def _host(c: _Checker, m: dict[str, Any], path: str, url: str | None) -> Host:
         cc = c.mapping(m["clientCertificate"], p("clientCertificate"), ("certificate", "key"),
                        ("certificate", "key"))  # fmt: skip
         client = ClientCertificate(
-            c.pem(cc.get("certificate"), join_path(p("clientCertificate"), "certificate"),
-                  ["CERTIFICATE"]),
-            c.pem(cc.get("key"), join_path(p("clientCertificate"), "key"),
-                  ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"], secret=True),
+            c.pem(cc["certificate"], join_path(p("clientCertificate"), "certificate"),
+                  ["CERTIFICATE"]) if "certificate" in cc else "",
+            c.pem(cc["key"], join_path(p("clientCertificate"), "key"),
+                  ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"], secret=True)
+            if "key" in cc else "",
         )  # fmt: skip
     return Host(
         url=url, capabilities=capabilities,
@@ -647,10 +646,10 @@ def _window(c: _Checker, value: Any, path: str) -> Window:
         days = c.items(m["days"], join_path(path, "days"), lambda v, q: _day(c, v, q))
     start = c.string(m.get("start", "00:00"), join_path(path, "start"), CLOCK,
                      "a UTC time 'HH:MM'")  # fmt: skip
-    minutes = _duration(c, m.get("duration", "1h"), join_path(path, "duration")) // 60
-    if not 0 < minutes <= 24 * 60:
-        c.add(join_path(path, "duration"), "must be between 1m and 24h")
-    return Window(start, minutes, days)
+    seconds = _duration(c, m.get("duration", "1h"), join_path(path, "duration"))
+    if seconds is not None and not 60 <= seconds <= 24 * 3600:
+        c.add(join_path(path, "duration"), f"must be between 1m and 24h, got {seconds}s")
+    return Window(start, (seconds or 0) // 60, days)
 
 
 def _day(c: _Checker, value: Any, path: str) -> str:
@@ -659,7 +658,7 @@ def _day(c: _Checker, value: Any, path: str) -> str:
     return str(value)
 
 
-def _duration(c: _Checker, value: Any, path: str) -> int:
+def _duration(c: _Checker, value: Any, path: str) -> int | None:
     """An integer (seconds) or a duration like '90s', '5m', '1h30m'."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -668,7 +667,7 @@ def _duration(c: _Checker, value: Any, path: str) -> int:
         c.add(
             path, f"must be seconds or a duration like '90s', '5m', '1h30m', got {describe(value)}"
         )
-        return 0
+        return None
     h, m, s = (int(g or 0) for g in match.groups())
     return h * 3600 + m * 60 + s
 
@@ -684,7 +683,7 @@ def _health(c: _Checker, value: Any, path: str) -> Health:
     deadline = None
     if "deadline" in m:
         deadline = _duration(c, m["deadline"], join_path(path, "deadline"))
-        if not 30 <= deadline <= MAX_DEADLINE:
+        if deadline is not None and not 30 <= deadline <= MAX_DEADLINE:
             c.add(join_path(path, "deadline"), f"must be between 30s and {MAX_DEADLINE}s, "
                   f"got {deadline}s")  # fmt: skip
     return Health(probes, deadline)
