@@ -298,12 +298,17 @@ class _Checker:
         return text.strip() + "\n" if good else ""
 
 
-def describe(value: object) -> str:
-    """How a wrong value is named in a message: its repr and its YAML kind."""
-    kind = {
+def kind_of(value: object) -> str:
+    """The YAML kind of a value: 'a string', 'a mapping', 'empty'."""
+    return {
         bool: "a boolean", int: "an integer", float: "a number", str: "a string",
         list: "a list", dict: "a mapping", type(None): "empty",
     }.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def describe(value: object) -> str:
+    """How a wrong value is named in a message: its repr and its YAML kind."""
+    kind = kind_of(value)
     return f"{value!r} ({kind})" if not isinstance(value, (list, dict)) else kind
 
 
@@ -348,6 +353,12 @@ def parse_text(text: str | bytes) -> NodeConfig:
 def parse(data: Any) -> NodeConfig:
     """Validate a loaded document; raises InvalidConfig with every issue."""
     c = _Checker()
+    if not isinstance(data, dict):
+        message = (
+            f"not a NodeConfig: expected a mapping with apiVersion {API_VERSION!r}, kind {KIND!r} "
+            f"and spec, got {kind_of(data)}"
+        )
+        raise InvalidConfig([Issue("", message)])
     top = c.mapping(data, "", ("apiVersion", "kind", "spec"), ("apiVersion", "kind", "spec"))
     if "apiVersion" in top:
         version = c.string(top["apiVersion"], "apiVersion")
@@ -505,7 +516,11 @@ def _flag(c: _Checker, value: Any, path: str) -> str:
     text = c.string(value, path)
     match = FLAG.match(text)
     if text and not match:
-        c.add(path, f"must be one '--name=value' or '--name' flag without spaces, quotes or backslashes, got {text!r}")
+        c.add(
+            path,
+            "must be one '--name=value' or '--name' flag without spaces, quotes or backslashes, "
+            f"got {text!r}",
+        )
     elif match and match.group(1) in MANAGED_FLAGS:
         c.add(path, f"--{match.group(1)} cannot be set here: {MANAGED_FLAGS[match.group(1)]}")
     return text

@@ -22,9 +22,10 @@ EC2 = Platform("ip-10-0-0-21.test.internal", "aws:///zone-a/i-0123456789abcdef0"
 CASES = {"full": Platform(), "good_kubeconfig": EC2}
 
 
-def rendered(name: str, platform: Platform = Platform()) -> dict[str, Output]:
+def rendered(name: str, platform: Platform | None = None) -> dict[str, Output]:
     config = parse_text((DATA / "nodeconfig" / f"{name}.yaml").read_text())
-    return render_outputs(config, BASE_KUBELET, platform, ["ssh-ed25519 AAAA from-credential"])
+    keys = ["ssh-ed25519 AAAA from-credential"]
+    return render_outputs(config, BASE_KUBELET, platform or Platform(), keys)
 
 
 def modes(outputs: dict[str, Output]) -> str:
