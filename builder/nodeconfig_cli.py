@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from builder.elements import kubelet_config
+from builder.elements import config_files, kubelet_config
 from builder.errors import HostbuildError, Issue
 from builder.node.nodeconfig import InvalidConfig, NodeConfig, parse_text
 from builder.node.render import RUN, install_outputs, render_outputs
 from builder.node.sources import Platform, SourceError, extract_nodeconfig
 from builder.profile import Profile
+
+logger = logging.getLogger(__name__)
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 
 
 class NodeConfigError(HostbuildError):
@@ -50,8 +54,16 @@ def load_nodeconfig(path: Path) -> NodeConfig:
 def render_nodeconfig(config: NodeConfig, root: Path, profile: Profile | None) -> list[str]:
     """Render below `root` as the node would (over the profile's kubelet configuration)."""
     base: dict[str, Any] = {}
-    if profile is not None and profile.kubelet is not None:
-        base = kubelet_config(profile.kubelet)
-    outputs = render_outputs(config, base, Platform())
+    containerd = None
+    if profile is not None:
+        if profile.kubelet is not None:
+            base = kubelet_config(profile.kubelet)
+        image = {f.path: f.content for f in config_files(profile, build=1)}
+        if CONTAINERD_CONFIG in image:
+            containerd = image[CONTAINERD_CONFIG].decode()
+    warnings: list[str] = []
+    outputs = render_outputs(config, base, Platform(), (), containerd, warnings)
+    for warning in warnings:
+        logger.warning("%s", warning)
     install_outputs(outputs, root / RUN.lstrip("/"))
     return sorted(f"{RUN}/{rel}" for rel in outputs)

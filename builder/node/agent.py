@@ -7,6 +7,7 @@ configuration, says why on stderr (the journal), the console and in the status f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 RUN = Path("run/hostbuild")  # below --root
 STATUS = "node-status.json"
 PROFILE_KUBELET = Path("etc/kubernetes/kubelet/config.yaml")  # below --root
+CONTAINERD_CONFIG = Path("etc/containerd/config.toml")  # below --root
 SSH_CREDENTIAL = "ssh.authorized_keys.root"
 CONSOLE = Path("/dev/console")
 
@@ -48,10 +50,15 @@ def apply(
     base: dict[str, Any] = {}
     if config is not None and config.cluster is not None:
         base = _profile_kubelet(root, status)
+    containerd = None
+    if config is not None and config.containerd.sandbox_image:
+        with contextlib.suppress(OSError):
+            containerd = (root / CONTAINERD_CONFIG).read_text()
     run = root / RUN
     outputs = render_outputs(
-        config if status["ok"] else None, base, discovery.platform, _credential_keys(sources)
-    )
+        config if status["ok"] else None, base, discovery.platform, _credential_keys(sources),
+        containerd, status["warnings"],
+    )  # fmt: skip
     install_outputs(outputs, run)
     status["outputs"] = sorted(f"/{RUN}/{rel}" for rel in outputs)
     if any(rel.startswith("kubelet/") for rel in outputs):

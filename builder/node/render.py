@@ -6,10 +6,13 @@ previous output set, so a file the new config no longer asks for disappears.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import shutil
 import tempfile
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,9 @@ OWNED_FILES = (
     "ssh/authorized_keys.root", "hostname", "health.env", "serial-getty.enabled", "updates.json",
 )  # fmt: skip
 PRIVATE_DIRS = ("kubelet", "ssh", "containerd/certs.d")
+CRI = "io.containerd.grpc.v1.cri"
+SANDBOX_LINE = re.compile(r"^(\s*)sandbox_image\s*=.*$", re.MULTILINE)
+IMPORTS_LINE = re.compile(r"^imports\s*=.*\n?", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,14 @@ class Output:
 
 def render_outputs(
     config: NodeConfig | None, base_kubelet: Mapping[str, Any], platform: Platform,
-    extra_ssh_keys: Iterable[str] = (),
+    extra_ssh_keys: Iterable[str] = (), base_containerd: str | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Output]:  # fmt: skip
-    """Every file to have under /run/hostbuild (relative paths); None renders only extra keys."""
+    """Every file to have under /run/hostbuild (relative paths); None renders only extra keys.
+
+    `base_*` are the image's kubelet configuration and containerd config.toml; what cannot be
+    rendered from them is added to `warnings`.
+    """
     out: dict[str, Output] = {}
     keys = [*(config.admin.ssh_authorized_keys if config else ()), *extra_ssh_keys]
     keys = list(dict.fromkeys(k.strip() for k in keys if k.strip()))
@@ -57,12 +68,12 @@ def render_outputs(
         out |= _kubelet_files(config, config.cluster, base_kubelet, platform)
     for registry in config.containerd.registries:
         out |= _registry_files(registry)
-    if config.containerd.sandbox_image:
-        out["containerd/conf.d/sandbox.toml"] = _text(
-            f"# {HEADER}\n# Imported by /etc/containerd/config.toml.\nversion = 2\n\n"
-            f'[plugins."io.containerd.grpc.v1.cri"]\n'
-            f"  sandbox_image = {_toml(config.containerd.sandbox_image)}\n"
-        )
+    if image := config.containerd.sandbox_image:
+        try:
+            out["containerd/conf.d/sandbox.toml"] = _text(sandbox_dropin(base_containerd, image))
+        except ValueError as e:
+            if warnings is not None:
+                warnings.append(f"sandbox image {image!r} not applied: {e}")
     for i, probe in enumerate(config.health.probes):
         script = f"#!/bin/sh\n# {HEADER}\n# health probe {probe.name!r}\n{probe.command.strip()}\n"
         out[f"health.d/{10 * (i + 1):02d}-{probe.name}"] = Output(script.encode(), 0o755)
@@ -75,6 +86,32 @@ def render_outputs(
     if updates := _updates(config):
         out["updates.json"] = _text(json.dumps(updates, indent=2) + "\n")
     return out
+
+
+def sandbox_dropin(base: str | None, image: str) -> str:
+    """The image's containerd config with another sandbox image, for `imports` to load.
+
+    containerd 1.7 replaces a plugin's whole section with an imported one instead of merging
+    key by key, so the drop-in carries the whole CRI section, checked to differ only there.
+    """
+    if base is None:
+        raise ValueError("the image has no /etc/containerd/config.toml")
+    text = IMPORTS_LINE.sub("", base)
+    text, count = SANDBOX_LINE.subn(lambda m: f"{m.group(1)}sandbox_image = {_toml(image)}", text)
+    expected = copy.deepcopy(tomllib.loads(base))
+    expected.pop("imports", None)
+    cri = expected.get("plugins", {}).get(CRI)
+    if count != 1 or not isinstance(cri, dict) or "sandbox_image" not in cri:
+        raise ValueError(f"config.toml has no single plugins.{CRI!r}.sandbox_image line")
+    cri["sandbox_image"] = image
+    try:
+        changed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        changed = None
+    if changed != expected:
+        raise ValueError("config.toml is not in the expected layout")
+    note = "A copy of /etc/containerd/config.toml with the NodeConfig's sandbox image."
+    return f"# {HEADER}\n# {note}\n{text}"
 
 
 def kernel_hostname(name: str) -> str:

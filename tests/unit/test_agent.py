@@ -30,7 +30,9 @@ class Node:
         self.run = self.root / "run" / "hostbuild"
         profile = self.root / "etc/kubernetes/kubelet/config.yaml"
         profile.parent.mkdir(parents=True)
+        (self.root / "etc/containerd").mkdir()
         shutil.copy(DATA / "golden/worker/etc/kubernetes/kubelet/config.yaml", profile)
+        shutil.copy(DATA / "golden/worker/etc/containerd/config.toml", self.root / "etc/containerd")
         self.creds = tmp_path / "creds"
         self.creds.mkdir()
         (tmp_path / "dmi").mkdir()
@@ -74,6 +76,7 @@ def test_good_config_is_rendered_and_reported(node: Node) -> None:
     assert "cgroupDriver: systemd" in config and "maxPods: 58" in config
     assert node.hostnames == ["worker-1"]
     assert node.console.read_text() == ""
+    assert "pause:3.10.1" in (node.run / "containerd/conf.d/sandbox.toml").read_text()
 
 
 def test_invalid_config_configures_no_kubelet_and_says_why(node: Node) -> None:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 from builder.node.nodeconfig import parse_text
-from builder.node.render import Output, env_quote, install_outputs, merge, render_outputs
+from builder.node.render import (
+    Output,
+    env_quote,
+    install_outputs,
+    merge,
+    render_outputs,
+    sandbox_dropin,
+)
 from builder.node.sources import Platform
 from tests.conftest import DATA
 
@@ -19,13 +27,14 @@ BASE_KUBELET = yaml.safe_load(
     (DATA / "golden/worker/etc/kubernetes/kubelet/config.yaml").read_text()
 )
 EC2 = Platform("ip-10-0-0-21.test.internal", "aws:///zone-a/i-0123456789abcdef0")
+BASE_CONTAINERD = (DATA / "golden/worker/etc/containerd/config.toml").read_text()
 CASES = {"full": Platform(), "good_kubeconfig": EC2}
 
 
 def rendered(name: str, platform: Platform | None = None) -> dict[str, Output]:
     config = parse_text((DATA / "nodeconfig" / f"{name}.yaml").read_text())
     keys = ["ssh-ed25519 AAAA from-credential"]
-    return render_outputs(config, BASE_KUBELET, platform or Platform(), keys)
+    return render_outputs(config, BASE_KUBELET, platform or Platform(), keys, BASE_CONTAINERD)
 
 
 def modes(outputs: dict[str, Output]) -> str:
@@ -131,3 +140,42 @@ def test_install_refuses_paths_it_does_not_own(tmp_path: Path) -> None:
         install_outputs({"../etc/passwd": Output(b"")}, tmp_path)
     with pytest.raises(ValueError, match="not an output the agent owns"):
         install_outputs({"health.json": Output(b"")}, tmp_path)
+
+
+def test_sandbox_dropin_carries_the_whole_cri_section() -> None:
+    # containerd 1.7 replaces a plugin's section with an imported one: nothing may be lost
+    base = 'version = 2\nimports = ["/run/hostbuild/containerd/conf.d/*.toml"]\n' + "\n".join(
+        BASE_CONTAINERD.splitlines()[2:]
+    )
+    dropin = tomllib.loads(sandbox_dropin(base, "registry.example.com/pause:9"))
+    original = tomllib.loads(base)
+    assert "imports" not in dropin
+    cri = dropin["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri.pop("sandbox_image") == "registry.example.com/pause:9"
+    assert original["plugins"]["io.containerd.grpc.v1.cri"].pop("sandbox_image") != (
+        "registry.example.com/pause:9"
+    )
+    assert cri == original["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["registry"]["config_path"].endswith(":/run/hostbuild/containerd/certs.d")
+
+
+@pytest.mark.parametrize(
+    ("base", "reason"),
+    [
+        (None, "the image has no /etc/containerd/config.toml"),
+        ("version = 2\n", "config.toml has no single plugins.'io.containerd.grpc.v1.cri'"),
+        ('version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = """x\n"""\n',
+         "config.toml is not in the expected layout"),
+    ],
+)  # fmt: skip
+def test_sandbox_override_without_a_usable_config_is_a_warning(
+    base: str | None, reason: str
+) -> None:
+    config = parse_text((DATA / "nodeconfig" / "full.yaml").read_text())
+    warnings: list[str] = []
+    outputs = render_outputs(config, BASE_KUBELET, Platform(), (), base, warnings)
+    assert "containerd/conf.d/sandbox.toml" not in outputs
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        f"sandbox image 'registry.example.com/pause:3.10.1' not applied: {reason}"
+    )
