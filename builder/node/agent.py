@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from .nodeconfig import InvalidConfig, NodeConfig, parse_text
+from .check import InvalidConfig
+from .nodeconfig import NodeConfig, parse_text
 from .render import install_outputs, render_outputs
 from .sources import Discovery, SourceError, Sources, discover, extract_nodeconfig
 

@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import difflib
 import functools
 import ipaddress
 import re
-import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
+
+from .check import AnyKey, Checker, InvalidConfig, Issue, describe, join_path, kind_of, shorten
 
 API_GROUP = "hostbuild.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "NodeConfig"
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
@@ -41,7 +39,6 @@ FLEETLOCK_GROUP = re.compile(r"^[a-zA-Z0-9.-]+$")
 DURATION = re.compile(r"^(?=\d)(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 CLOCK = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 PROVIDER_ID = re.compile(r"^[a-z][a-z0-9+.-]*://\S*$")
-PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END \1-----")
 SSH_KEY_TYPES = (
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
     "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
@@ -78,25 +75,6 @@ MANAGED_CONFIG = {
     "providerID": "use spec.node.providerID",
 }
 MAX_DEADLINE = 7200
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One problem at a dotted path of the NodeConfig."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
-class InvalidConfig(Exception):
-    """Every problem found in a NodeConfig."""
-
-    def __init__(self, issues: Sequence[Issue]) -> None:
-        self.issues = list(issues)
-        super().__init__("\n".join(str(i) for i in self.issues))
 
 
 @dataclass(frozen=True)
@@ -225,119 +203,6 @@ class NodeConfig:
     health: Health = Health()
 
 
-T = TypeVar("T")
-
-
-class _Checker:
-    """Reads one document, appending an Issue for every problem instead of stopping."""
-
-    def __init__(self) -> None:
-        self.issues: list[Issue] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.issues.append(Issue(path, message))
-
-    def mapping(
-        self, value: Any, path: str, allowed: Sequence[str], required: Sequence[str] = ()
-    ) -> dict[Any, Any]:
-        """The known keys of a mapping; unknown keys get did-you-mean, missing ones an issue."""
-        if not isinstance(value, dict):
-            self.add(path or "(top level)", f"expected a mapping, got {describe(value)}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                self.add(join_path(path, str(key)), unknown_key_message(str(key), allowed))
-        for key in required:
-            if key not in value:
-                self.add(join_path(path, key), "missing required key")
-        return {k: v for k, v in value.items() if k in allowed}
-
-    def string(
-        self, value: Any, path: str, pattern: re.Pattern[str] | None = None, what: str = ""
-    ) -> str:
-        if not isinstance(value, str):
-            hint = "; quote it" if isinstance(value, (int, float)) else ""
-            self.add(path, f"expected a string, got {describe(value)}{hint}")
-            return ""
-        if pattern is not None and not pattern.match(value):
-            self.add(path, f"must be {what}, got {value!r}")
-        return value
-
-    def boolean(self, value: Any, path: str) -> bool:
-        if not isinstance(value, bool):
-            self.add(path, f"expected a boolean (true or false), got {describe(value)}")
-            return False
-        return value
-
-    def items(self, value: Any, path: str, read: Callable[[Any, str], T]) -> tuple[T, ...]:
-        if not isinstance(value, list):
-            self.add(path, f"expected a list, got {describe(value)}")
-            return ()
-        return tuple(read(item, join_path(path, i)) for i, item in enumerate(value))
-
-    def url(self, value: Any, path: str, schemes: Sequence[str] = ("https",)) -> str:
-        text = self.string(value, path)
-        parsed = urllib.parse.urlparse(text)
-        if text and (parsed.scheme not in schemes or not parsed.hostname):
-            kinds = " or ".join(f"{s}://" for s in schemes)
-            self.add(path, f"must be an {kinds} URL, got {text!r}")
-        return text
-
-    def pem(self, value: Any, path: str, kinds: Sequence[str], secret: bool = False) -> str:
-        """PEM text whose blocks are all of `kinds` (base64 of PEM is accepted too)."""
-        text = self.string(value, path)
-        if text and "-----BEGIN" not in text:
-            with contextlib.suppress(binascii.Error, UnicodeDecodeError):
-                text = base64.b64decode(text, validate=True).decode()
-        blocks = PEM_BLOCK.findall(text)
-        good = bool(blocks) and all(k in kinds and _is_base64(body) for k, body in blocks)
-        if value is not None and isinstance(value, str) and not good:
-            want = " or ".join(f"'-----BEGIN {k}-----'" for k in kinds)
-            got = "" if secret else f", got {_shorten(value)!r}"
-            self.add(path, f"must be PEM text with {want} blocks (or its base64){got}")
-        return text.strip() + "\n" if good else ""
-
-
-def kind_of(value: object) -> str:
-    """The YAML kind of a value: 'a string', 'a mapping', 'empty'."""
-    return {
-        bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-        list: "a list", dict: "a mapping", type(None): "empty",
-    }.get(type(value), type(value).__name__)  # fmt: skip
-
-
-def describe(value: object) -> str:
-    """How a wrong value is named in a message: its repr and its YAML kind."""
-    kind = kind_of(value)
-    return f"{value!r} ({kind})" if not isinstance(value, (list, dict)) else kind
-
-
-def join_path(parent: str, key: str | int) -> str:
-    """`spec.node.taints[0]`, `spec.node.labels['example.com/role']`."""
-    if isinstance(key, int):
-        return f"{parent}[{key}]"
-    if not _IDENT.match(key):
-        return f"{parent}[{key!r}]"
-    return f"{parent}.{key}" if parent else key
-
-
-def unknown_key_message(key: str, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(allowed), n=1)
-    guess = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key {key!r}; {guess}allowed: {', '.join(sorted(allowed))}"
-
-
-def _shorten(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_base64(body: str) -> bool:
-    try:
-        return bool(base64.b64decode("".join(body.split()), validate=True))
-    except binascii.Error:
-        return False
-
-
 def parse_text(text: str | bytes) -> NodeConfig:
     """Parse and validate NodeConfig YAML; raises InvalidConfig with every issue."""
     try:
@@ -352,7 +217,7 @@ def parse_text(text: str | bytes) -> NodeConfig:
 
 def parse(data: Any) -> NodeConfig:
     """Validate a loaded document; raises InvalidConfig with every issue."""
-    c = _Checker()
+    c = Checker()
     if not isinstance(data, dict):
         message = (
             f"not a NodeConfig: expected a mapping with apiVersion {API_VERSION!r}, kind {KIND!r} "
@@ -379,7 +244,7 @@ def parse(data: Any) -> NodeConfig:
     return config
 
 
-def _cluster(c: _Checker, value: Any, path: str) -> Cluster:
+def _cluster(c: Checker, value: Any, path: str) -> Cluster:
     keys = ("apiServer", "certificateAuthority", "bootstrapToken", "kubeconfig", "dns", "domain")
     m = c.mapping(value, path, keys, ("certificateAuthority",))
     p = functools.partial(join_path, path)
@@ -409,7 +274,7 @@ def _cluster(c: _Checker, value: Any, path: str) -> Cluster:
     return Cluster(ca, m.get("apiServer"), token, kubeconfig, dns, domain)
 
 
-def _check_kubeconfig(c: _Checker, text: str, path: str) -> None:
+def _check_kubeconfig(c: Checker, text: str, path: str) -> None:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -421,7 +286,7 @@ def _check_kubeconfig(c: _Checker, text: str, path: str) -> None:
         c.add(path, "the kubeconfig names no clusters")
 
 
-def _ip(c: _Checker, value: Any, path: str) -> str:
+def _ip(c: Checker, value: Any, path: str) -> str:
     text = c.string(value, path)
     try:
         ipaddress.ip_address(text)
@@ -431,7 +296,7 @@ def _ip(c: _Checker, value: Any, path: str) -> str:
     return text
 
 
-def _node(c: _Checker, value: Any, path: str) -> Node:
+def _node(c: Checker, value: Any, path: str) -> Node:
     m = c.mapping(value, path, ("name", "labels", "taints", "providerID"))
     p = functools.partial(join_path, path)
     name = None
@@ -440,7 +305,7 @@ def _node(c: _Checker, value: Any, path: str) -> Node:
         if len(name) > 253:
             c.add(p("name"), "must be at most 253 characters")
     labels = {}
-    for key, label in c.mapping(m.get("labels", {}), p("labels"), _AnyKey()).items():
+    for key, label in c.mapping(m.get("labels", {}), p("labels"), AnyKey()).items():
         labels[str(key)] = _label(c, str(key), label, join_path(p("labels"), str(key)))
     provider_id = None
     if "providerID" in m:
@@ -450,14 +315,7 @@ def _node(c: _Checker, value: Any, path: str) -> Node:
                                       lambda v, q: _taint(c, v, q)), provider_id)  # fmt: skip
 
 
-class _AnyKey(tuple[str, ...]):
-    """`allowed` for free-form mappings: every key is allowed."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-
-def _qualified_name(c: _Checker, key: str, path: str) -> None:
+def _qualified_name(c: Checker, key: str, path: str) -> None:
     prefix, _, name = key.rpartition("/")
     if (prefix and not (DNS_NAME.match(prefix) and len(prefix) <= 253)) or not (
         _LABEL_NAME.match(name) and len(name) <= 63
@@ -466,7 +324,7 @@ def _qualified_name(c: _Checker, key: str, path: str) -> None:
               "A-Z a-z 0-9 - _ . , prefix a DNS name)")  # fmt: skip
 
 
-def _label(c: _Checker, key: str, value: Any, path: str) -> str:
+def _label(c: Checker, key: str, value: Any, path: str) -> str:
     _qualified_name(c, key, path)
     prefix = key.rpartition("/")[0]
     restricted = any(
@@ -484,7 +342,7 @@ def _label(c: _Checker, key: str, value: Any, path: str) -> str:
     return text
 
 
-def _taint(c: _Checker, value: Any, path: str) -> Taint:
+def _taint(c: Checker, value: Any, path: str) -> Taint:
     m = c.mapping(value, path, ("key", "value", "effect"), ("key", "effect"))
     key = c.string(m.get("key", "x"), join_path(path, "key"))
     if key:
@@ -499,9 +357,9 @@ def _taint(c: _Checker, value: Any, path: str) -> Taint:
     return Taint(key, str(effect), text)
 
 
-def _kubelet(c: _Checker, value: Any, path: str) -> Kubelet:
+def _kubelet(c: Checker, value: Any, path: str) -> Kubelet:
     m = c.mapping(value, path, ("config", "flags"))
-    config = c.mapping(m.get("config", {}), join_path(path, "config"), _AnyKey())
+    config = c.mapping(m.get("config", {}), join_path(path, "config"), AnyKey())
     for key in config:
         where = join_path(join_path(path, "config"), str(key))
         if not isinstance(key, str):
@@ -512,7 +370,7 @@ def _kubelet(c: _Checker, value: Any, path: str) -> Kubelet:
                                    lambda v, q: _flag(c, v, q)))  # fmt: skip
 
 
-def _flag(c: _Checker, value: Any, path: str) -> str:
+def _flag(c: Checker, value: Any, path: str) -> str:
     text = c.string(value, path)
     match = FLAG.match(text)
     if text and not match:
@@ -526,7 +384,7 @@ def _flag(c: _Checker, value: Any, path: str) -> str:
     return text
 
 
-def _containerd(c: _Checker, value: Any, path: str) -> Containerd:
+def _containerd(c: Checker, value: Any, path: str) -> Containerd:
     m = c.mapping(value, path, ("sandboxImage", "registries"))
     image = None
     if "sandboxImage" in m:
@@ -534,7 +392,7 @@ def _containerd(c: _Checker, value: Any, path: str) -> Containerd:
                          "an image reference like 'registry.example.com/pause:3.10'")  # fmt: skip
     registries = []
     where = join_path(path, "registries")
-    for name, settings in c.mapping(m.get("registries", {}), where, _AnyKey()).items():
+    for name, settings in c.mapping(m.get("registries", {}), where, AnyKey()).items():
         q = join_path(where, str(name))
         if not (name == "_default" or (isinstance(name, str) and REGISTRY_HOST.match(name))):
             c.add(q, f"{name!r} is not a registry host[:port] or '_default'")
@@ -545,7 +403,7 @@ def _containerd(c: _Checker, value: Any, path: str) -> Containerd:
 HOST_KEYS = ("ca", "skipVerify", "clientCertificate", "auth")
 
 
-def _registry(c: _Checker, name: str, value: Any, path: str) -> Registry:
+def _registry(c: Checker, name: str, value: Any, path: str) -> Registry:
     m = c.mapping(value, path, ("server", "mirrors", *HOST_KEYS))
     server = (
         c.url(m["server"], join_path(path, "server"), ("https", "http")) if "server" in m else None
@@ -555,13 +413,13 @@ def _registry(c: _Checker, name: str, value: Any, path: str) -> Registry:
     return Registry(name, _host(c, m, path, server), mirrors)
 
 
-def _mirror(c: _Checker, value: Any, path: str) -> Host:
+def _mirror(c: Checker, value: Any, path: str) -> Host:
     m = c.mapping(value, path, ("url", "capabilities", "overridePath", *HOST_KEYS), ("url",))
     url = c.url(m.get("url", "https://x"), join_path(path, "url"), ("https", "http"))
     return _host(c, m, path, url)
 
 
-def _host(c: _Checker, m: dict[str, Any], path: str, url: str | None) -> Host:
+def _host(c: Checker, m: dict[str, Any], path: str, url: str | None) -> Host:
     p = functools.partial(join_path, path)
     capabilities: tuple[str, ...] = ("pull", "resolve")
     if "capabilities" in m:
@@ -589,14 +447,14 @@ def _host(c: _Checker, m: dict[str, Any], path: str, url: str | None) -> Host:
     )  # fmt: skip
 
 
-def _capability(c: _Checker, value: Any, path: str) -> str:
+def _capability(c: Checker, value: Any, path: str) -> str:
     if value not in CAPABILITIES:
         c.add(path, f"{describe(value)} is not allowed; allowed: "
               + ", ".join(map(repr, CAPABILITIES)))  # fmt: skip
     return str(value)
 
 
-def _auth(c: _Checker, value: Any, path: str) -> Auth:
+def _auth(c: Checker, value: Any, path: str) -> Auth:
     m = c.mapping(value, path, ("username", "password", "token"))
     got = {k: c.string(v, join_path(path, k)) for k, v in m.items()}
     if isinstance(value, dict) and set(got) not in ({"username", "password"}, {"token"}):
@@ -604,7 +462,7 @@ def _auth(c: _Checker, value: Any, path: str) -> Auth:
     return Auth(got.get("username"), got.get("password"), got.get("token"))
 
 
-def _admin(c: _Checker, value: Any, path: str) -> Admin:
+def _admin(c: Checker, value: Any, path: str) -> Admin:
     m = c.mapping(value, path, ("sshAuthorizedKeys", "serialConsole"))
     keys = c.items(m.get("sshAuthorizedKeys", []), join_path(path, "sshAuthorizedKeys"),
                    lambda v, q: _ssh_key(c, v, q))  # fmt: skip
@@ -613,12 +471,12 @@ def _admin(c: _Checker, value: Any, path: str) -> Admin:
     return Admin(keys, serial)
 
 
-def _ssh_key(c: _Checker, value: Any, path: str) -> str:
+def _ssh_key(c: Checker, value: Any, path: str) -> str:
     text = c.string(value, path).strip()
     parts = text.split()
     if text and not (len(parts) >= 2 and parts[0] in SSH_KEY_TYPES and _ssh_blob_ok(*parts[:2])):
         c.add(path, f"must be one OpenSSH public key line ('TYPE BASE64 [comment]', TYPE one of "
-              f"{', '.join(SSH_KEY_TYPES[:5])}, ...), got {_shorten(text)!r}")  # fmt: skip
+              f"{', '.join(SSH_KEY_TYPES[:5])}, ...), got {shorten(text)!r}")  # fmt: skip
     return text
 
 
@@ -632,7 +490,7 @@ def _ssh_blob_ok(kind: str, blob: str) -> bool:
     return len(data) > 4 + size and data[4 : 4 + size] == kind.encode()
 
 
-def _updates(c: _Checker, value: Any, path: str) -> Updates:
+def _updates(c: Checker, value: Any, path: str) -> Updates:
     m = c.mapping(value, path, ("repository", "channel", "fleetLock", "maintenanceWindows"))
     p = functools.partial(join_path, path)
     fleet_lock = None
@@ -654,7 +512,7 @@ def _updates(c: _Checker, value: Any, path: str) -> Updates:
     )  # fmt: skip
 
 
-def _window(c: _Checker, value: Any, path: str) -> Window:
+def _window(c: Checker, value: Any, path: str) -> Window:
     m = c.mapping(value, path, ("days", "start", "duration"), ("start", "duration"))
     days: tuple[str, ...] = DAYS
     if "days" in m:
@@ -667,13 +525,13 @@ def _window(c: _Checker, value: Any, path: str) -> Window:
     return Window(start, (seconds or 0) // 60, days)
 
 
-def _day(c: _Checker, value: Any, path: str) -> str:
+def _day(c: Checker, value: Any, path: str) -> str:
     if value not in DAYS:
         c.add(path, f"{describe(value)} is not allowed; allowed: {', '.join(map(repr, DAYS))}")
     return str(value)
 
 
-def _duration(c: _Checker, value: Any, path: str) -> int | None:
+def _duration(c: Checker, value: Any, path: str) -> int | None:
     """An integer (seconds) or a duration like '90s', '5m', '1h30m'."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -687,7 +545,7 @@ def _duration(c: _Checker, value: Any, path: str) -> int | None:
     return h * 3600 + m * 60 + s
 
 
-def _health(c: _Checker, value: Any, path: str) -> Health:
+def _health(c: Checker, value: Any, path: str) -> Health:
     m = c.mapping(value, path, ("probes", "deadline"))
     probes = c.items(m.get("probes", []), join_path(path, "probes"), lambda v, q: _probe(c, v, q))
     seen: set[str] = set()
@@ -704,7 +562,7 @@ def _health(c: _Checker, value: Any, path: str) -> Health:
     return Health(probes, deadline)
 
 
-def _probe(c: _Checker, value: Any, path: str) -> Probe:
+def _probe(c: Checker, value: Any, path: str) -> Probe:
     m = c.mapping(value, path, ("name", "command"), ("name", "command"))
     name = c.string(m.get("name", "x"), join_path(path, "name"), PROBE_NAME,
                     "a name of a-z 0-9 - (at most 63)")  # fmt: skip
@@ -714,7 +572,7 @@ def _probe(c: _Checker, value: Any, path: str) -> Probe:
     return Probe(name, command)
 
 
-SECTIONS: dict[str, tuple[str, Callable[[_Checker, Any, str], Any]]] = {
+SECTIONS: dict[str, tuple[str, Callable[[Checker, Any, str], Any]]] = {
     "cluster": ("cluster", _cluster),
     "node": ("node", _node),
     "kubelet": ("kubelet", _kubelet),

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.node.nodeconfig import InvalidConfig, parse, parse_text
+from builder.node.check import InvalidConfig
+from builder.node.nodeconfig import parse, parse_text
 from builder.nodeconfig_cli import NodeConfigError, load_nodeconfig
 from tests.conftest import DATA, REPO, Cli
 
