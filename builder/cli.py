@@ -299,6 +299,34 @@ def doctor(state: State) -> None:
 cli.add_command(publish)
 
 
+@cli.group()
+def nodeconfig() -> None:
+    """Node configuration (user-data): the NodeConfig the node agent reads at boot."""
+
+
+@nodeconfig.command("validate")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--render", "render_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+    help="Also render the node's files below DIR (DIR/run/hostbuild/...).",
+)  # fmt: skip
+@click.option(
+    "--profile", "profile_ref", metavar="NAME|PATH",
+    help="Merge over this profile's kubelet configuration when rendering.",
+)  # fmt: skip
+def nodeconfig_validate(file: Path, render_dir: Path | None, profile_ref: str | None) -> None:
+    """Check FILE (a NodeConfig, or user-data holding one) as the node agent would."""
+    # imported here so that this command stays one self-contained block of cli.py
+    from builder.nodeconfig_cli import load_nodeconfig, render_nodeconfig
+
+    config = load_nodeconfig(file)
+    click.echo(f"{file}: valid NodeConfig")
+    if render_dir is not None:
+        profile = load_profile(profile_ref) if profile_ref else None
+        for path in render_nodeconfig(config, render_dir, profile):
+            click.echo(f"{render_dir}{path}")
+
+
 def main() -> None:
     """Entry point of the `hostbuild` console script."""
     cli()

@@ -18,8 +18,10 @@ from pathlib import Path
 
 CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
 CRI_TYPE = "io.containerd.grpc.v1"
+# What the node agent renders this boot from valid user-data; a kubeconfig kept on /var from an
+# earlier boot does not count, so broken user-data never makes the gate wait for kubelet.
 KUBELET_CONFIGURED = (
-    Path("/var/lib/kubelet/kubeconfig"),
+    Path("/run/hostbuild/kubelet/kubeconfig"),
     Path("/run/hostbuild/kubelet/bootstrap-kubeconfig"),
 )
 KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"

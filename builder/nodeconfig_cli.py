@@ -1,0 +1,70 @@
+"""`hostbuild nodeconfig`: the node agent's own validation and rendering, run on the build host."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from builder.elements import config_files, kubelet_config
+from builder.errors import HostbuildError, Issue
+from builder.node.check import InvalidConfig
+from builder.node.nodeconfig import NodeConfig, parse_text
+from builder.node.render import RUN, install_outputs, render_outputs
+from builder.node.sources import Platform, SourceError, extract_nodeconfig
+from builder.profile import Profile
+
+logger = logging.getLogger(__name__)
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+
+
+class NodeConfigError(HostbuildError):
+    """Every problem found in a NodeConfig file, reported together (exit code 2)."""
+
+    exit_code = 2
+
+    def __init__(self, issues: Sequence[Issue]) -> None:
+        self.issues = list(issues)
+        count = len(self.issues)
+        super().__init__(
+            "\n".join(str(i) for i in self.issues),
+            hint=f"{count} problem{'s' if count != 1 else ''} in the NodeConfig; "
+            "fix them and run again",
+        )
+
+
+def load_nodeconfig(path: Path) -> NodeConfig:
+    """Read and validate a NodeConfig (or user-data holding one) as the node agent would."""
+    name = os.path.relpath(path) if path.is_absolute() else os.fspath(path)
+    try:
+        data = extract_nodeconfig(path.read_bytes())
+    except OSError as e:
+        raise HostbuildError(f"{name}: {e.strerror}") from None
+    except SourceError as e:
+        raise NodeConfigError([Issue(name, "", str(e))]) from None
+    if data is None:
+        raise NodeConfigError([Issue(name, "", "multi-part user-data without a NodeConfig part")])
+    try:
+        return parse_text(data)
+    except InvalidConfig as e:
+        raise NodeConfigError([Issue(name, i.path, i.message) for i in e.issues]) from None
+
+
+def render_nodeconfig(config: NodeConfig, root: Path, profile: Profile | None) -> list[str]:
+    """Render below `root` as the node would (over the profile's kubelet configuration)."""
+    base: dict[str, Any] = {}
+    containerd = None
+    if profile is not None:
+        if profile.kubelet is not None:
+            base = kubelet_config(profile.kubelet)
+        image = {f.path: f.content for f in config_files(profile, build=1)}
+        if CONTAINERD_CONFIG in image:
+            containerd = image[CONTAINERD_CONFIG].decode()
+    warnings: list[str] = []
+    outputs = render_outputs(config, base, Platform(), (), containerd, warnings)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    install_outputs(outputs, root / RUN.lstrip("/"))
+    return sorted(f"{RUN}/{rel}" for rel in outputs)
