@@ -121,7 +121,12 @@ def config_files(profile: Profile, build: int) -> list[ImageFile]:
         _text("hostbuild-base", "/usr/lib/hostbuild/os-release", release),
     ]  # fmt: skip
     files += boot_files() + node_files()
-    enable += ["ssh.service", "hostbuild-health.service", "hostbuild-smoke.service"]
+    enable += [
+        "ssh.service",
+        "hostbuild-node.service",
+        "hostbuild-health.service",
+        "hostbuild-smoke.service",
+    ]
     for f in profile.files:
         files.append(_text("hostbuild-base", f.path, f.content, int(f.mode, 8)))
     pinned = profile.components.pinned()
@@ -192,10 +197,21 @@ def boot_files() -> list[ImageFile]:
 
 def node_files() -> list[ImageFile]:
     """What the running node needs from hostbuild: mounts, the health gate, gated SSH."""
-    health = (Path(__file__).parent / "node" / "health.py").read_text()
+    # builder/node is stdlib + PyYAML with relative imports: it runs as the package hostbuild_node
+    package = [
+        _text(
+            "hostbuild-base", f"/usr/lib/hostbuild/hostbuild_node/{source.name}", source.read_text()
+        )
+        for source in sorted((Path(__file__).parent / "node").glob("*.py"))
+    ]
+    system = "/usr/lib/systemd/system"
     return [
+        *package,
+        _text("hostbuild-base", "/usr/bin/hostbuild-node", render("hostbuild-node"), 0o755),
+        _text("hostbuild-base", f"{system}/hostbuild-node.service", render("node.service")),
+        _text("hostbuild-base", f"{system}/serial-getty@.service.d/50-hostbuild.conf",
+              render("serial-getty-dropin.conf")),
         _text("hostbuild-base", "/usr/lib/hostbuild/fstab", render("fstab")),
-        _text("hostbuild-base", "/usr/lib/hostbuild/health.py", health),
         _text("hostbuild-base", "/usr/lib/systemd/system/hostbuild-health.service",
               render("health.service")),
         _text("hostbuild-base", "/etc/ssh/sshd_config.d/50-hostbuild.conf", render("sshd.conf")),

@@ -62,6 +62,12 @@ class VmConfig:
     # Boot counting needs a guest reboot to reach the firmware again; False adds -no-reboot,
     # so a reboot ends QEMU instead.
     want_reboot: bool = True
+    # A qcow2 overlay of `image` kept across VMs (created on first use, never removed), so a
+    # second VM boots the disk the first one left, with other credentials; None: a throw-away one.
+    disk: Path | None = None
+
+    def overlay(self, files: VmFiles) -> Path:
+        return self.disk.absolute() if self.disk is not None else files.overlay
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ def qemu_argv(config: VmConfig, files: VmFiles, accelerator: Accelerator, port: 
         "-display", "none",
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
         "-drive", f"if=pflash,format=raw,unit=1,file={files.vars}",
-        "-drive", f"if=none,id=disk,file={files.overlay},format=qcow2,discard=unmap",
+        "-drive", f"if=none,id=disk,file={config.overlay(files)},format=qcow2,discard=unmap",
         "-device", "virtio-blk-pci,drive=disk,bootindex=0",
         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=n0,romfile=",
@@ -233,13 +239,15 @@ def boot_vm(config: VmConfig, tools: ToolsTree, workdir: Path) -> Iterator[Vm]:
         with step(f"Starting QEMU ({accelerator}) on {image.name}"):
             shutil.copyfile(tools.path(OVMF_VARS), files.vars)
             files.serial_log.unlink(missing_ok=True)
-            tools.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", config.image_format,
-                 "-b", image, files.overlay],
-                binds=[files.workdir], readonly=[image],
-            )  # fmt: skip
+            overlay = config.overlay(files)
+            if not (config.disk is not None and overlay.exists()):
+                tools.run(
+                    ["qemu-img", "create", "-q", "-f", "qcow2", "-F", config.image_format,
+                     "-b", image, overlay],
+                    binds=[overlay.parent], readonly=[image],
+                )  # fmt: skip
             argv = qemu_argv(config, files, accelerator, port)
-            binds = sorted({files.workdir, files.serial_log.parent})
+            binds = sorted({files.workdir, files.serial_log.parent, overlay.parent})
             process = spawn(tools.argv(argv, binds, readonly=[image]), output=files.output)
             vm = Vm(process, files, port, accelerator)
         logger.info("QEMU pid %d, serial log %s, ssh on 127.0.0.1:%d", vm.pid, vm.serial_log, port)

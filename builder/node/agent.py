@@ -127,17 +127,21 @@ def _write_status(run: Path, status: dict[str, Any]) -> None:
 def _report(status: dict[str, Any], console: Path | None) -> None:
     for warning in status["warnings"]:
         logger.warning("%s", warning)
+    where = f" from {status['source']} ({status['detail']})" if status["source"] else ""
     if status["ok"]:
         logger.info("kubelet %s; %d files rendered", status["kubelet"], len(status["outputs"]))
-        return
-    where = f" from {status['source']} ({status['detail']})" if status["source"] else ""
-    lines = [
-        f"hostbuild-node: node configuration{where} NOT applied: kubelet will not start.",
-        *(f"hostbuild-node:   {e}" for e in status["errors"]),
-        f"hostbuild-node: details: /{RUN}/{STATUS} or 'hostbuild-node status'",
-    ]
-    for line in lines:
-        logger.error("%s", line.removeprefix("hostbuild-node: "))
+        # one line on the console at every boot: what a serial console reader looks for first
+        summary = f"node configuration{where} applied" if status["source"] else (
+            "no node configuration (no user-data)")  # fmt: skip
+        lines = [f"hostbuild-node: {summary}; kubelet {status['kubelet']}"]
+    else:
+        lines = [
+            f"hostbuild-node: node configuration{where} NOT applied: kubelet will not start.",
+            *(f"hostbuild-node:   {e}" for e in status["errors"]),
+            f"hostbuild-node: details: /{RUN}/{STATUS} or 'hostbuild-node status'",
+        ]
+        for line in lines:
+            logger.error("%s", line.removeprefix("hostbuild-node: "))
     if console is not None:
         try:
             with console.open("a") as tty:

@@ -19,10 +19,22 @@ KUBELET_VERSION = "1.35.8"
 CRICTL_VERSION = "1.35.0"
 
 KUBELET = f"""#!/bin/sh
-# hostbuild TEST STAND-IN for kubelet {KUBELET_VERSION}: NOT Kubernetes.
+# hostbuild TEST STAND-IN for kubelet {KUBELET_VERSION}: NOT Kubernetes. It records the arguments
+# it was started with and answers healthz as kubelet does, so node tests see how it was run.
 case "$1" in --version) echo "Kubernetes v{KUBELET_VERSION}-hostbuild-test-standin"; exit 0;; esac
 echo "kubelet test stand-in: not a real kubelet" >&2
-exec sleep infinity
+mkdir -p /run/kubelet-standin
+printf '%s\\n' "$@" > /run/kubelet-standin/args
+exec python3 -c '
+import http.server
+class Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/healthz"
+        self.send_response(200 if ok else 404)
+        self.end_headers()
+        self.wfile.write(b"ok" if ok else b"")
+http.server.HTTPServer(("127.0.0.1", 10248), Healthz).serve_forever()
+'
 """.encode()
 
 CRICTL = f"""#!/bin/sh

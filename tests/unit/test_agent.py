@@ -75,13 +75,17 @@ def test_good_config_is_rendered_and_reported(node: Node) -> None:
     config = (node.run / "kubelet/config.yaml").read_text()
     assert "cgroupDriver: systemd" in config and "maxPods: 58" in config
     assert node.hostnames == ["worker-1"]
-    assert node.console.read_text() == ""
+    assert node.console.read_text() == (
+        f"hostbuild-node: node configuration from credential ({status['detail']}) applied; "
+        "kubelet configured\n"
+    )
     assert "pause:3.10.1" in (node.run / "containerd/conf.d/sandbox.toml").read_text()
 
 
 def test_invalid_config_configures_no_kubelet_and_says_why(node: Node) -> None:
     node.user_data(FULL)
     node.apply()
+    node.console.write_text("")  # the next boot's console
     (node.creds / "ssh.authorized_keys.root").write_text("ssh-ed25519 AAAA from-credential\n")
     node.user_data(FULL.replace(b"https://10.0.0.10:6443", b"foo").replace(b"Sun]", b"Sunday]"))
     status = node.apply()
@@ -122,8 +126,10 @@ def test_no_source_at_all(node: Node) -> None:
     status = node.apply()
     assert (status["ok"], status["source"], status["digest"]) == (True, None, None)
     assert status["outputs"] == [] and status["kubelet"] == "not configured"
-    assert node.console.read_text() == "" and node.hostnames == []
-    assert not (node.run / "kubelet/config.yaml").exists()
+    assert node.console.read_text() == (
+        "hostbuild-node: no node configuration (no user-data); kubelet not configured\n"
+    )
+    assert node.hostnames == [] and not (node.run / "kubelet/config.yaml").exists()
 
 
 def test_unreachable_metadata_on_ec2_is_an_error_not_a_failure(node: Node, tmp_path: Path) -> None:

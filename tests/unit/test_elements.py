@@ -24,7 +24,11 @@ from tests.conftest import DATA, REPO
 
 GOLDEN = DATA / "golden"
 UPDATE = os.environ.get("HOSTBUILD_UPDATE_GOLDEN") == "1"
-VERBATIM = {"/usr/lib/hostbuild/health.py": REPO / "builder" / "node" / "health.py"}
+# the node package, installed verbatim from builder/node/
+VERBATIM = {
+    f"/usr/lib/hostbuild/hostbuild_node/{source.name}": source
+    for source in (REPO / "builder" / "node").glob("*.py")
+}
 
 
 @pytest.mark.parametrize("name", ["worker", "base"])

@@ -281,3 +281,14 @@ def test_qmp_skips_events_and_reports_errors(fake_vm: Vm, tmp_path: Path) -> Non
     finally:
         fake_vm.stop()
         server.close()
+
+
+def test_a_persistent_disk_is_the_drive_and_survives_teardown(tmp_path: Path) -> None:
+    disk = tmp_path / "kept.qcow2"
+    config = VmConfig(tmp_path / "disk.raw", disk=disk)
+    files = VmFiles.create(tmp_path / "vm")
+    argv = qemu_argv(config, files, Accelerator.TCG, 2222)
+    assert f"if=none,id=disk,file={disk},format=qcow2,discard=unmap" in argv
+    disk.write_bytes(b"state")
+    files.remove()
+    assert disk.read_bytes() == b"state"
