@@ -19,7 +19,7 @@ from builder.apt import Mirrors
 from builder.dib import dib_command
 from builder.disk import ESP_TYPE, ROOT_TYPE, Layout, Partition, assemble_disk
 from builder.run import base_environment, run, stream
-from builder.slot import extract_tree
+from builder.slot import MOUNT_POINTS, extract_tree
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -72,6 +72,9 @@ def assemble_plain_disk(tar: Path, sd_boot: Path, work: Path, boots: int) -> Pat
     """The DIB tree as a bootable GPT disk: ESP with systemd-boot + a Type #1 entry, ext4 root."""
     tree = work / "plain-tree"
     extract_tree(tar, tree)
+    for name, mode in MOUNT_POINTS.items():  # DIB's tar leaves out the API file system dirs
+        (tree / name).mkdir(exist_ok=True)
+        (tree / name).chmod(mode)
     kernels = sorted((tree / "boot").glob("vmlinuz-*"))
     if len(kernels) != 1:
         raise RuntimeError(f"expected one kernel in the DIB tree, found {kernels}")

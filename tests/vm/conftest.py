@@ -11,6 +11,7 @@ import pytest
 from builder.apt import host_mirrors
 from builder.toolstree import ToolsTree, ensure_tools_tree, host_is_new_enough
 from tests.conftest import skip_marked
+from tests.vm.image import BuiltImage, SshKey, build_standin_image, make_ssh_key
 
 
 def cache_dir() -> Path:
@@ -47,3 +48,14 @@ def tools_tree() -> ToolsTree:
     mirror = debian_mirror()
     assert mirror is not None, "the collection probe skips vm tests without a mirror"
     return ensure_tools_tree(cache_dir(), mirror)
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """The stand-in worker image, built once per test run (or HOSTBUILD_TEST_IMAGE_DIR)."""
+    return build_standin_image(cache_dir(), tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="session")
+def key(tmp_path_factory: pytest.TempPathFactory) -> SshKey:
+    return make_ssh_key(tmp_path_factory.mktemp("key"))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import testinfra
 from click.testing import CliRunner
 
 from builder.cli import cli
@@ -141,3 +143,27 @@ def tampered_copy(image: BuiltImage, work: Path) -> Path:
         f.seek(start + 1024)
         f.write(bytes(b ^ 0xFF for b in block))
     return copy
+
+
+class Node:
+    """The booted VM and a testinfra host on it."""
+
+    def __init__(self, vm: Vm, config: Path) -> None:
+        self.vm = vm
+        self.config = config
+        self.host = testinfra.get_host("ssh://vm", ssh_config=os.fspath(config))
+
+    def sh(self, command: str) -> str:
+        result = self.host.run(command)
+        assert result.rc == 0, f"{command}: rc={result.rc}\n{result.stdout}{result.stderr}"
+        return str(result.stdout)
+
+    def wait_for(self, command: str, timeout: float = 180.0) -> str:
+        end = time.monotonic() + timeout
+        while True:
+            result = self.host.run(command)
+            if result.rc == 0:
+                return str(result.stdout)
+            if time.monotonic() > end:
+                raise AssertionError(f"{command} still fails: {result.stdout}{result.stderr}")
+            time.sleep(3)

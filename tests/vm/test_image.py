@@ -6,26 +6,22 @@ One VM is shared by the read-only checks; the reboot checks run last on the same
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import testinfra
 
-from builder.qemu import Vm, VmConfig, boot_vm
+from builder.qemu import VmConfig, boot_vm
 from builder.run import run
 from builder.toolstree import ToolsTree
 from builder.vmtest import run_smoke
-from tests.vm.conftest import cache_dir
 from tests.vm.image import (
     BuiltImage,
+    Node,
     SshKey,
     booted,
-    build_standin_image,
     build_uki_variant,
-    make_ssh_key,
     ssh_config,
     tampered_copy,
 )
@@ -34,40 +30,6 @@ from tests.vm.oci import IMAGE_NAME, build_oci_archive
 pytestmark = pytest.mark.vm
 
 BUSYBOX = Path("/bin/busybox")
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
-    return build_standin_image(cache_dir(), tmp_path_factory.mktemp("image"))
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> SshKey:
-    return make_ssh_key(tmp_path_factory.mktemp("key"))
-
-
-class Node:
-    """The booted VM and a testinfra host on it."""
-
-    def __init__(self, vm: Vm, config: Path) -> None:
-        self.vm = vm
-        self.config = config
-        self.host = testinfra.get_host("ssh://vm", ssh_config=os.fspath(config))
-
-    def sh(self, command: str) -> str:
-        result = self.host.run(command)
-        assert result.rc == 0, f"{command}: rc={result.rc}\n{result.stdout}{result.stderr}"
-        return str(result.stdout)
-
-    def wait_for(self, command: str, timeout: float = 180.0) -> str:
-        end = time.monotonic() + timeout
-        while True:
-            result = self.host.run(command)
-            if result.rc == 0:
-                return str(result.stdout)
-            if time.monotonic() > end:
-                raise AssertionError(f"{command} still fails: {result.stdout}{result.stderr}")
-            time.sleep(3)
 
 
 @pytest.fixture(scope="module")
