@@ -35,19 +35,26 @@ class Issue:
         )
 
 
-class ProfileError(HostbuildError):
-    """Every problem found in a profile, reported together (exit code 2)."""
+class IssuesError(HostbuildError):
+    """Every problem found in one input, reported together (exit code 2)."""
 
     exit_code = 2
+    subject = "the input"
 
     def __init__(self, issues: Sequence[Issue]) -> None:
         self.issues = list(issues)
         count = len(self.issues)
         super().__init__(
             "\n".join(str(i) for i in self.issues),
-            hint=f"{count} problem{'s' if count != 1 else ''} in the profile; "
+            hint=f"{count} problem{'s' if count != 1 else ''} in {self.subject}; "
             "fix them and run again",
         )
+
+
+class ProfileError(IssuesError):
+    """Every problem found in a profile, reported together (exit code 2)."""
+
+    subject = "the profile"
 
 
 class CommandError(HostbuildError):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from builder.elements import config_files, kubelet_config
-from builder.errors import HostbuildError, Issue
+from builder.errors import HostbuildError, Issue, IssuesError
 from builder.node.check import InvalidConfig
 from builder.node.nodeconfig import NodeConfig, parse_text
 from builder.node.render import RUN, install_outputs, render_outputs
@@ -20,19 +19,10 @@ logger = logging.getLogger(__name__)
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 
 
-class NodeConfigError(HostbuildError):
+class NodeConfigError(IssuesError):
     """Every problem found in a NodeConfig file, reported together (exit code 2)."""
 
-    exit_code = 2
-
-    def __init__(self, issues: Sequence[Issue]) -> None:
-        self.issues = list(issues)
-        count = len(self.issues)
-        super().__init__(
-            "\n".join(str(i) for i in self.issues),
-            hint=f"{count} problem{'s' if count != 1 else ''} in the NodeConfig; "
-            "fix them and run again",
-        )
+    subject = "the NodeConfig"
 
 
 def load_nodeconfig(path: Path) -> NodeConfig:

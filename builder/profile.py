@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from builder.errors import Issue, ProfileError
-from builder.schema import INVALID, convert, join_path
+from builder.node.check import join_path
+from builder.schema import INVALID, convert
 
 PROFILES_DIR = Path(os.environ.get("HOSTBUILD_PROFILES", Path(__file__).parent.parent / "profiles"))
 

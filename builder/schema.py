@@ -6,27 +6,17 @@ A field with `metadata={"internal": True}` is filled by the loader, never from Y
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
-import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
+# shared with the node agent's NodeConfig checks (builder/node is standalone; this side imports it)
+from builder.node.check import join_path, unknown_key_message
+
 INVALID: Any = object()
 """Returned for a value that had issues; the caller's dataclass is then not built."""
-
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def join_path(parent: str, key: str | int) -> str:
-    """`kubelet.max_pods`, `kernel.modules[2]`, `sysctls['net.ipv4.ip_forward']`."""
-    if isinstance(key, int):
-        return f"{parent}[{key}]"
-    if not _IDENT.match(key):
-        return f"{parent}[{key!r}]"
-    return f"{parent}.{key}" if parent else key
 
 
 def describe(value: object) -> str:
@@ -168,10 +158,3 @@ def _convert_dataclass(cls: type, value: Any, path: str, issues: list[tuple[str,
     if failed:
         return INVALID
     return cls(**kwargs)
-
-
-def unknown_key_message(key: str, allowed: list[str]) -> str:
-    """'unknown key; did you mean ...? allowed: ...'."""
-    close = difflib.get_close_matches(key, allowed, n=1)
-    guess = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key {key!r}; {guess}allowed: {', '.join(sorted(allowed))}"

@@ -168,9 +168,12 @@ def print_boots(name: str, boots: list[Boot]) -> None:
             at = b.marks.get(unit)
             cells.append(f"{b.firmware + at:6.1f}" if at is not None else f"{'-':>6}")
         user = b.marks["multi-user.target"] - b.userspace_start
+        # an initrd without systemd (initramfs-tools) leaves no timestamp: kernel + initrd as one
+        split = (f"{b.initrd_start:6.1f} {b.userspace_start - b.initrd_start:6.1f}"
+                 if b.initrd_start else f"{'k+i':>6} {b.userspace_start:6.1f}")  # fmt: skip
         print(
             f"{name:<26} {n:>4} {cells[0]} {cells[1]} {cells[2]} {b.firmware:6.1f} "
-            f"{b.initrd_start:6.1f} {b.userspace_start - b.initrd_start:6.1f} {user:6.1f}"
+            f"{split} {user:6.1f}"
         )
 
 
@@ -241,8 +244,6 @@ def main() -> None:
         sd_boot = work / "systemd-bootx64.efi"
         run(["mcopy", "-i", esp_image, "::/EFI/BOOT/BOOTX64.EFI", sd_boot], env=env)
         plain = assemble_plain_disk(tar, sd_boot, work, args.boots)
-        worker = worker_boots(raw, tools, work, args.boots)
-        baseline = plain_boots(plain, tools, work)
         print(
             "\nboot (QEMU TCG; seconds)   boot  multi-user containerd boot-complete | "
             "firmware+loader kernel initrd userspace-to-multi-user"
@@ -251,7 +252,9 @@ def main() -> None:
             f"{'image':<26} {'#':>4} {'mu':>6} {'ctrd':>6} {'bc':>6} {'fw':>6} {'kern':>6} "
             f"{'initrd':>6} {'user':>6}"
         )
+        worker = worker_boots(raw, tools, work, args.boots)
         print_boots(manifest["name"], worker)
+        baseline = plain_boots(plain, tools, work)
         print_boots("plain DIB debian-minimal", baseline)
         for n, (w, p) in enumerate(zip(worker, baseline, strict=False), 1):
             ours = w.firmware + w.marks["boot-complete.target"]

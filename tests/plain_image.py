@@ -93,7 +93,8 @@ def assemble_plain_disk(tar: Path, sd_boot: Path, work: Path, boots: int) -> Pat
     root = work / "plain-root.ext4"
     used = sum(f.stat().st_size for f in tree.rglob("*") if f.is_file() and not f.is_symlink())
     root_bytes = (used * 2 // GiB + 1) * GiB
-    run(["mkfs.ext4", "-q", "-L", "root", "-d", tree, root, f"{root_bytes // 1024}k"])
+    # DIB's root label (its fstab mounts LABEL=cloudimg-rootfs read-write)
+    run(["mkfs.ext4", "-q", "-L", "cloudimg-rootfs", "-d", tree, root, f"{root_bytes // 1024}k"])
 
     esp = work / "plain-esp.img"
     env = base_environment()

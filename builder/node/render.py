@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import tempfile
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +93,8 @@ def sandbox_dropin(base: str | None, image: str) -> str:
     containerd 1.7 replaces a plugin's whole section with an imported one instead of merging
     key by key, so the drop-in carries the whole CRI section, checked to differ only there.
     """
+    import tomllib  # here: only a sandbox image override needs it
+
     if base is None:
         raise ValueError("the image has no /etc/containerd/config.toml")
     text = IMPORTS_LINE.sub("", base)

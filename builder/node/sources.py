@@ -6,19 +6,21 @@ network request, so other platforms never wait for the instance metadata service
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
-import gzip
 import logging
 import os
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import command
+
+# urllib.request (http, ssl), email and gzip are imported where used: the agent runs on every
+# boot before containerd, and most boots need none of them (no IMDS, no MIME, no gzip)
+if TYPE_CHECKING:
+    import urllib.request
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,8 @@ class Imds:
 
     def _open(self, request: urllib.request.Request) -> bytes:
         """One request, retried on connection errors, timeouts and 5xx until the deadline."""
+        import urllib.request
+
         end = time.monotonic() + self.deadline
         delay = 0.25
         while True:
@@ -118,6 +122,8 @@ class Imds:
             delay = min(delay * 2, 2.0)
 
     def fetch_token(self) -> str:
+        import urllib.request
+
         request = urllib.request.Request(
             f"{self.base}/latest/api/token", method="PUT",
             headers={"X-aws-ec2-metadata-token-ttl-seconds": str(self.TOKEN_TTL)},
@@ -130,6 +136,8 @@ class Imds:
 
     def get(self, path: str) -> bytes | None:
         """The document at `path` (None for 404); an expired token is fetched again once."""
+        import urllib.request
+
         for attempt in range(2):
             token = self.token or self.fetch_token()
             request = urllib.request.Request(
@@ -160,6 +168,10 @@ class Imds:
 
 def extract_nodeconfig(data: bytes) -> bytes | None:
     """The NodeConfig in user-data: plain, gzip, or one part of MIME multi-part user-data."""
+    import email.parser
+    import email.policy
+    import gzip
+
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
