@@ -133,9 +133,13 @@ def test_units_enabled(built: Built) -> None:
     names = built.names()
     assert f"{wants}/containerd.service" in names
     assert f"{wants}/kubelet.service" in names
+    assert f"{wants}/hostbuild-node.service" in names
     assert f"{wants}/cni-dhcp.service" not in names
     unit = built.read("/usr/lib/systemd/system/kubelet.service").decode()
-    assert "--config=/etc/kubernetes/kubelet/config.yaml" in unit
+    # kubelet runs from what the node agent rendered from this boot's NodeConfig
+    assert "ConditionPathExists=/run/hostbuild/kubelet/config.yaml" in unit
+    assert "--config=/run/hostbuild/kubelet/config.yaml" in unit
+    assert "$KUBELET_KUBECONFIG_ARGS" in unit
 
 
 def test_containerd_config_parses_with_profile_values(built: Built) -> None:
@@ -144,7 +148,10 @@ def test_containerd_config_parses_with_profile_values(built: Built) -> None:
     assert cri["sandbox_image"] == "registry.k8s.io/pause:3.10.1"
     options = cri["containerd"]["runtimes"]["runc"]["options"]
     assert options["SystemdCgroup"] is True
-    assert cri["cni"]["bin_dir"] == "/usr/lib/cni"
+    # network add-ons add plugins next to the pinned ones: /opt/cni/bin is an overlay on /var
+    assert cri["cni"]["bin_dir"] == "/opt/cni/bin"
+    assert {"/opt/cni/bin", "/etc/cni/net.d", "/usr/lib/cni/bridge"} <= built.names()
+    assert config["imports"] == ["/run/hostbuild/containerd/conf.d/*.toml"]
 
 
 def test_kubelet_configuration_carries_profile_and_extra_config(built: Built) -> None:
