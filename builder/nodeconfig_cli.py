@@ -10,7 +10,8 @@ from typing import Any
 from builder.elements import config_files, kubelet_config
 from builder.errors import HostbuildError, Issue, IssuesError
 from builder.node.check import InvalidConfig
-from builder.node.nodeconfig import NodeConfig, parse_text
+from builder.node.model import NodeConfig
+from builder.node.nodeconfig import parse_text
 from builder.node.render import RUN, install_outputs, render_outputs
 from builder.node.sources import Platform, SourceError, extract_nodeconfig
 from builder.profile import Profile

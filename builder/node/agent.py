@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 from .check import InvalidConfig
-from .nodeconfig import NodeConfig, parse_text
+from .model import NodeConfig
+from .nodeconfig import parse_text
 from .render import install_outputs, render_outputs
 from .sources import Discovery, SourceError, Sources, discover, extract_nodeconfig
 

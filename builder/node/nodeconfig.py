@@ -11,13 +11,31 @@ import binascii
 import functools
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
 from .check import AnyKey, Checker, InvalidConfig, Issue, describe, join_path, kind_of, shorten
+from .model import (
+    DAYS,
+    Admin,
+    Auth,
+    ClientCertificate,
+    Cluster,
+    Containerd,
+    FleetLock,
+    Health,
+    Host,
+    Kubelet,
+    Node,
+    NodeConfig,
+    Probe,
+    Registry,
+    Taint,
+    Updates,
+    Window,
+)
 
 API_GROUP = "hostbuild.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -45,7 +63,6 @@ SSH_KEY_TYPES = (
 )  # fmt: skip
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 CAPABILITIES = ("pull", "resolve", "push")
-DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 # kubelet refuses to start when --node-labels sets other labels in these namespaces
 KUBELET_LABELS = (
     "kubernetes.io/hostname", "kubernetes.io/os", "kubernetes.io/arch",
@@ -75,132 +92,6 @@ MANAGED_CONFIG = {
     "providerID": "use spec.node.providerID",
 }
 MAX_DEADLINE = 7200
-
-
-@dataclass(frozen=True)
-class Cluster:
-    certificate_authority: str
-    api_server: str | None = None
-    bootstrap_token: str | None = None
-    kubeconfig: str | None = None
-    dns: tuple[str, ...] = ()
-    domain: str | None = None
-
-
-@dataclass(frozen=True)
-class Taint:
-    key: str
-    effect: str
-    value: str = ""
-
-
-@dataclass(frozen=True)
-class Node:
-    name: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    taints: tuple[Taint, ...] = ()
-    provider_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Kubelet:
-    config: Mapping[str, Any] = field(default_factory=dict)
-    flags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Auth:
-    username: str | None = None
-    password: str | None = None
-    token: str | None = None
-
-    def header(self) -> str:
-        if self.token is not None:
-            return f"Bearer {self.token}"
-        pair = f"{self.username}:{self.password}".encode()
-        return f"Basic {base64.b64encode(pair).decode()}"
-
-
-@dataclass(frozen=True)
-class ClientCertificate:
-    certificate: str
-    key: str
-
-
-@dataclass(frozen=True)
-class Host:
-    """A registry's upstream server (url None: containerd's default) or one of its mirrors."""
-
-    url: str | None = None
-    capabilities: tuple[str, ...] = ("pull", "resolve")
-    ca: str | None = None
-    skip_verify: bool = False
-    client_certificate: ClientCertificate | None = None
-    auth: Auth | None = None
-    override_path: bool = False
-
-
-@dataclass(frozen=True)
-class Registry:
-    name: str
-    server: Host
-    mirrors: tuple[Host, ...] = ()
-
-
-@dataclass(frozen=True)
-class Containerd:
-    sandbox_image: str | None = None
-    registries: tuple[Registry, ...] = ()
-
-
-@dataclass(frozen=True)
-class Admin:
-    ssh_authorized_keys: tuple[str, ...] = ()
-    serial_console: bool = False
-
-
-@dataclass(frozen=True)
-class FleetLock:
-    url: str
-    group: str = "default"
-
-
-@dataclass(frozen=True)
-class Window:
-    start: str
-    duration_minutes: int
-    days: tuple[str, ...] = DAYS
-
-
-@dataclass(frozen=True)
-class Updates:
-    repository: str | None = None
-    channel: str | None = None
-    fleet_lock: FleetLock | None = None
-    maintenance_windows: tuple[Window, ...] = ()
-
-
-@dataclass(frozen=True)
-class Probe:
-    name: str
-    command: str
-
-
-@dataclass(frozen=True)
-class Health:
-    probes: tuple[Probe, ...] = ()
-    deadline: int | None = None
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    cluster: Cluster | None = None
-    node: Node = Node()
-    kubelet: Kubelet = Kubelet()
-    containerd: Containerd = Containerd()
-    admin: Admin = Admin()
-    updates: Updates = Updates()
-    health: Health = Health()
 
 
 def parse_text(text: str | bytes) -> NodeConfig:

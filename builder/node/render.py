@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .nodeconfig import Cluster, Host, NodeConfig, Registry
+from .model import Cluster, Host, NodeConfig, Registry
 from .sources import Platform
 
 RUN = "/run/hostbuild"
