@@ -20,7 +20,7 @@ import yaml
 from builder.artifacts import Fetched
 from builder.components import KINDS
 from builder.errors import HostbuildError
-from builder.profile import CgroupDriver, Kubelet, Profile, Source
+from builder.profile import CgroupDriver, Kubelet, Profile
 
 ELEMENTS_DIR = Path(os.environ.get("HOSTBUILD_ELEMENTS", Path(__file__).parent.parent / "elements"))
 TEMPLATES = Path(__file__).parent / "templates"
@@ -147,10 +147,10 @@ def config_files(profile: Profile, build: int) -> list[ImageFile]:
                   render("etc-cni-net.d.mount")),
             _text("hostbuild-containerd", f"{system}/containerd.service.d/50-hostbuild.conf",
                   render("containerd-dropin.conf")),
+            # hostbuild's unit, also over Debian's: that one waits for the network and sysinit
+            _text("hostbuild-containerd", f"{system}/containerd.service",
+                  render("containerd.service")),
         ]  # fmt: skip
-        if pinned["containerd"].source is Source.UPSTREAM:
-            files.append(_text("hostbuild-containerd", "/usr/lib/systemd/system/containerd.service",
-                               render("containerd.service")))  # fmt: skip
     if "crictl" in pinned:
         files.append(_text("hostbuild-crictl", "/etc/crictl.yaml", render("crictl.yaml")))
     if profile.kubelet and "kubelet" in pinned:
@@ -176,6 +176,9 @@ def boot_files() -> list[ImageFile]:
     """The initrd's configuration: dracut settings and the tree dracut --include's."""
     initrd = "/usr/lib/hostbuild/initrd"
     system = f"{initrd}/usr/lib/systemd/system"
+    var_device = (
+        "dev-disk-by\\x2dpartlabel-var.device"  # systemd-escape -p /dev/disk/by-partlabel/var
+    )
     return [
         _text("hostbuild-boot", "/etc/dracut.conf.d/90-hostbuild.conf", render("dracut.conf")),
         _text("hostbuild-boot", f"{initrd}/usr/lib/repart.d/50-hostbuild-var.conf",
@@ -188,6 +191,13 @@ def boot_files() -> list[ImageFile]:
               render("initrd/machine-id.service")),
         _text("hostbuild-boot", f"{system}/initrd.target.d/50-hostbuild.conf",
               render("initrd/initrd-target-dropin.conf")),
+        _text("hostbuild-boot", f"{system}/emergency.service.d/50-hostbuild.conf",
+              render("initrd/emergency-dropin.conf")),
+        _text("hostbuild-boot", f"{system}/sysroot-var.mount", render("initrd/var.mount")),
+        _text("hostbuild-boot", f"{system}/{var_device}.d/50-hostbuild.conf",
+              render("initrd/var-device-dropin.conf")),
+        _text("hostbuild-boot", f"{system}/initrd-fs.target.d/50-hostbuild.conf",
+              render("initrd/initrd-fs-dropin.conf")),
         _text("hostbuild-boot", f"{initrd}/usr/lib/hostbuild/repart-root-disk",
               render("initrd/repart-root-disk"), 0o755),
         _text("hostbuild-boot", f"{initrd}/usr/lib/hostbuild/machine-id",
@@ -217,8 +227,6 @@ def node_files() -> list[ImageFile]:
         _text("hostbuild-base", "/etc/ssh/sshd_config.d/50-hostbuild.conf", render("sshd.conf")),
         _text("hostbuild-base", "/usr/lib/systemd/system/ssh.service.d/50-hostbuild.conf",
               render("ssh-dropin.conf")),
-        _text("hostbuild-base", "/usr/lib/tmpfiles.d/hostbuild-ssh.conf",
-              render("ssh-tmpfiles.conf")),
         _text("hostbuild-base", "/usr/lib/tmpfiles.d/hostbuild-var.conf",
               render("var-tmpfiles.conf")),
         _text("hostbuild-base", "/usr/lib/systemd/system/hostbuild-smoke.service",

@@ -28,7 +28,8 @@ def kernel_cmdline(slot: SlotRef, profile_args: tuple[str, ...]) -> str:
         f"systemd.verity_root_data=/dev/disk/by-partuuid/{slot.data_partuuid}",
         f"systemd.verity_root_hash=/dev/disk/by-partuuid/{slot.hash_partuuid}",
         "systemd.verity_root_options=panic-on-corruption",
-        "systemd.firstboot=no", "rd.shell=0", "rd.emergency=reboot", "rd.timeout=60",
+        # a device of the initrd missing for a minute fails it: it reboots (no emergency shell)
+        "systemd.firstboot=no", "rd.systemd.default_device_timeout_sec=60",
     ]  # fmt: skip
     return " ".join([*args, *profile_args])
 

@@ -38,6 +38,15 @@ from tests.vm.conftest import cache_dir
 from tests.vm.image import make_ssh_key, ssh_config
 
 AGENT = "hostbuild-node: "
+HEALTH = "hostbuild-health: (healthy|UNHEALTHY)"
+# What every real node has: a NodeConfig (here naming the node only: no cluster, so kubelet
+# stays unconfigured and the health gate checks containerd).
+NODECONFIG = b"""apiVersion: hostbuild.dev/v1alpha1
+kind: NodeConfig
+spec:
+  node:
+    name: bench-worker
+"""
 RESTART = "reboot: Restarting system"
 BOOT_TIMEOUT = 600.0
 
@@ -101,8 +110,9 @@ def _seconds(usec: str) -> float:
 
 def worker_boots(raw: Path, tools: ToolsTree, work: Path, boots: int) -> list[Boot]:
     key = make_ssh_key(work)
-    config = VmConfig(image=raw, credentials={"ssh.authorized_keys.root": key.public.encode()},
-                      serial_log=work / "worker-serial.log")  # fmt: skip
+    credentials = {"ssh.authorized_keys.root": key.public.encode(),
+                   "hostbuild.nodeconfig": NODECONFIG}  # fmt: skip
+    config = VmConfig(image=raw, credentials=credentials, serial_log=work / "worker-serial.log")
     units = ["hostbuild-node.service", "multi-user.target", "containerd.service",
              "boot-complete.target"]  # fmt: skip
     query = "systemctl is-system-running --wait >/dev/null; " + "; ".join(
@@ -120,6 +130,8 @@ def worker_boots(raw: Path, tools: ToolsTree, work: Path, boots: int) -> list[Bo
                 # the node agent's console line, at every boot (the health gate runs only on
                 # boots that count tries: a blessed entry has no boot-complete.target)
                 agent, _ = clock.wait(AGENT, after=since)
+                if n == 0:  # the first boot counts tries: SSH polls start after the verdict
+                    clock.wait(HEALTH, after=agent)
                 vm.wait_for_ssh(BOOT_TIMEOUT)
                 ssh = ssh_config(work / "ssh_config", vm.ssh_port, key)
                 out = run(["ssh", "-F", ssh, "vm", query]).stdout.split()

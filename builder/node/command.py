@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess  # noqa: TID251 -- runs on the node, outside the builder
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,3 +36,22 @@ def mount_ro(device: Path, mountpoint: Path) -> None:
 
 def umount(mountpoint: Path) -> None:
     run(["umount", os.fspath(mountpoint)])
+
+
+def settle(timeout: float, poll: float = 0.2) -> None:
+    """Wait (at most `timeout` s) until udev's coldplug ran and udev handled all its events.
+
+    The agent starts before the coldplug (it needs no device for its usual sources), so it first
+    waits for systemd-udev-trigger.service to have run, then for udev's queue to empty.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            run(["systemctl", "is-active", "--quiet", "systemd-udev-trigger.service"])
+            break
+        except CommandFailed:
+            if time.monotonic() >= end:
+                raise CommandFailed(f"udev's coldplug did not run within {timeout:g} s") from None
+            time.sleep(poll)
+    left = max(end - time.monotonic(), 1.0)
+    run(["udevadm", "settle", f"--timeout={left:.0f}"], timeout=left + 5)

@@ -1,4 +1,4 @@
-"""The health gate: a boot is marked good only when the node is healthy (stdlib only).
+"""The health gate: a boot is marked good only when the node is healthy (stdlib and h2).
 
 Ordered before boot-complete.target: while it has not passed, systemd-bless-boot does not mark the
 boot entry good; when it fails (the deadline passed), the unit's FailureAction reboots and boot
@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess  # noqa: TID251 -- runs on the node, outside the builder
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import grpc
+
 CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
 CRI_TYPE = "io.containerd.grpc.v1"
+PLUGINS_METHOD = "/containerd.services.introspection.v1.Introspection/Plugins"
 # What the node agent renders this boot from valid user-data; a kubeconfig kept on /var from an
 # earlier boot does not count, so broken user-data never makes the gate wait for kubelet.
 KUBELET_CONFIGURED = (
@@ -28,37 +30,36 @@ KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"
 PROBE_DIRS = (Path("/etc/hostbuild/health.d"), Path("/run/hostbuild/health.d"))
 STATUS = Path("/run/hostbuild/health.json")
 DEFAULT_DEADLINE = 300.0
-INTERVAL = 2.0
+# The gate starts with containerd and kubelet, not after them: it retries soon at first (they are
+# about to answer), then every INTERVAL seconds (a round costs a connect while they start).
+FIRST_INTERVAL = 0.25
+INTERVAL = 1.0
 
 Check = Callable[[], str | None]  # None when healthy, else the reason
 
 
-def containerd_answers(sock: Path = CONTAINERD_SOCKET, ctr: str = "ctr") -> str | None:
+def containerd_answers(sock: Path = CONTAINERD_SOCKET) -> str | None:
     """containerd answers on its socket, and its CRI plugin (what kubelet talks to) is loaded."""
     try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(os.fspath(sock))
-    except OSError as e:
+        reply = grpc.unary_call(sock, PLUGINS_METHOD, grpc.string_field(1, "id==cri"))
+    except grpc.GrpcError as e:
         return f"containerd socket {sock}: {e}"
-    result = subprocess.run(
-        [ctr, "--address", os.fspath(sock), "--timeout", "10s", "plugins", "ls"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        return f"ctr plugins ls failed: {result.stderr.strip()[-200:]}"
-    return cri_plugin_problem(result.stdout)
+    return cri_plugin_problem(reply)
 
 
-def cri_plugin_problem(plugins: str) -> str | None:
-    """The CRI line of `ctr plugins ls` (TYPE ID PLATFORMS STATUS) says ok; None when it does."""
-    for line in plugins.splitlines():
-        fields = line.split()
-        if fields[:2] == [CRI_TYPE, "cri"]:
-            status = fields[-1]
-            return (
-                None if status == "ok" else f"containerd's CRI plugin: {status} (see its journal)"
-            )
+def cri_plugin_problem(reply: bytes) -> str | None:
+    """None when the Introspection.Plugins reply lists the CRI plugin without an init error."""
+    for number, plugin in grpc.fields(reply):  # PluginsResponse.plugins = 1
+        if number != 1 or not isinstance(plugin, bytes):
+            continue
+        found = {n: v for n, v in grpc.fields(plugin) if n in (1, 2, 7)}  # type, id, init_err
+        if found.get(1) != CRI_TYPE.encode() or found.get(2) != b"cri":
+            continue
+        error = found.get(7)
+        if not isinstance(error, bytes):
+            return None
+        text = b"".join(v for n, v in grpc.fields(error) if n == 2 and isinstance(v, bytes))
+        return f"containerd's CRI plugin failed to load: {text.decode(errors='replace')}"
     return "containerd's CRI plugin is not loaded (disabled in /etc/containerd/config.toml?)"
 
 
@@ -104,15 +105,23 @@ CHECKS: dict[str, Check] = {
 
 
 def run_gate(
-    checks: dict[str, Check], deadline: float, interval: float = INTERVAL
+    checks: dict[str, Check],
+    deadline: float,
+    interval: float = INTERVAL,
+    first_interval: float = FIRST_INTERVAL,
 ) -> dict[str, str | None]:
-    """Retry the checks until all pass or the deadline (seconds) passes; return the last results."""
+    """Retry the checks until all pass or the deadline (seconds) passes; return the last results.
+
+    The pause between rounds doubles from `first_interval` up to `interval`.
+    """
     end = time.monotonic() + deadline
+    pause = min(first_interval, interval)
     while True:
         results = {name: check() for name, check in checks.items()}
         if all(r is None for r in results.values()) or time.monotonic() >= end:
             return results
-        time.sleep(interval)
+        time.sleep(pause)
+        pause = min(pause * 2, interval)
 
 
 def deadline_of(cmdline: str, environ: dict[str, str]) -> float:

@@ -29,6 +29,7 @@ CREDENTIAL = "hostbuild.nodeconfig"
 SYSTEM_CREDENTIALS = Path("/run/credentials/@system")
 PARTITION_LABEL = "HBCONFIG"
 PARTITION_FILE = "nodeconfig.yaml"
+SETTLE_TIMEOUT = 30.0  # seconds: udev handles the whole coldplug in a few, even emulated
 MEDIA_TYPE = "application/node.hostbuild.dev"
 API_MARKER = b"hostbuild.dev/"
 MAX_SIZE = 1 << 20  # user-data is at most 16 KiB on EC2; anything near 1 MiB is not ours
@@ -218,6 +219,9 @@ class Sources:
     mountpoint: Path = Path("/run/hostbuild/.config-partition")
     mount: Callable[[Path, Path], None] = field(default=lambda dev, mnt: command.mount_ro(dev, mnt))
     umount: Callable[[Path], None] = field(default=lambda mnt: command.umount(mnt))
+    # the agent runs while udev's coldplug still goes on: a partition on a disk whose driver
+    # loads late (a CD-ROM on SATA, say) shows up only once udev has handled its events
+    settle: Callable[[], None] = field(default=lambda: command.settle(SETTLE_TIMEOUT))
 
     @classmethod
     def from_environment(cls, environ: dict[str, str]) -> Sources:
@@ -256,6 +260,11 @@ def discover(sources: Sources) -> Discovery:
                 found.errors.append(f"credential {path}: {e}")
             break  # the unit's own copy shadows the system one
     found.tried.append("partition")
+    if not sources.by_label.exists():
+        try:
+            sources.settle()
+        except command.CommandFailed as e:
+            logger.warning("waiting for udev to find the disks: %s", e)
     if sources.by_label.exists():
         try:
             data = read_partition(sources)

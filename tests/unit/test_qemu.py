@@ -41,7 +41,7 @@ def test_qemu_argv_tcg(tmp_path: Path) -> None:
     assert argv[0] == "qemu-system-x86_64"
     assert option(argv, "-machine") == ["q35"]
     assert option(argv, "-accel") == ["tcg"]
-    assert option(argv, "-cpu") == ["max"]
+    assert option(argv, "-cpu") == ["max,svm=off,vmx=off"]
     assert option(argv, "-smp") == ["2"]
     assert option(argv, "-m") == ["2048"]
     assert option(argv, "-drive") == [

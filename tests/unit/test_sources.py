@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.node.command import CommandFailed
 from builder.node.sources import (
     Imds,
     SourceError,
@@ -230,6 +231,7 @@ def sources(tmp_path: Path) -> Sources:
         dmi=tmp_path / "dmi", imds=Imds("http://127.0.0.1:9", timeout=0.1, deadline=0.1),
         credential_dirs=[tmp_path / "creds", tmp_path / "system-creds"],
         by_label=tmp_path / "by-label" / "HBCONFIG", mountpoint=tmp_path / "mnt",
+        settle=lambda: None,
     )  # fmt: skip
 
 
@@ -277,6 +279,41 @@ def test_config_partition_is_mounted_read_and_unmounted(sources: Sources, tmp_pa
     assert found.found is not None and found.found.source == "partition"
     assert found.found.data == CONFIG
     assert calls == [f"mount {tmp_path}/dev/vdb1 {tmp_path}/mnt", f"umount {tmp_path}/mnt"]
+
+
+def test_a_partition_udev_finds_late_is_read(sources: Sources, tmp_path: Path) -> None:
+    """No label link yet: the agent waits for udev's queue, then finds the partition."""
+    device = tmp_path / "vdb1"
+    device.touch()
+    settled: list[bool] = []
+
+    def settle() -> None:  # udev handles the disk's events meanwhile
+        settled.append(True)
+        sources.by_label.parent.mkdir()
+        sources.by_label.symlink_to(device)
+
+    def mount(device: Path, mountpoint: Path) -> None:
+        (mountpoint / "nodeconfig.yaml").write_bytes(CONFIG)
+
+    sources.settle, sources.mount, sources.umount = settle, mount, lambda mnt: None
+    found = discover(sources)
+    assert settled == [True]
+    assert found.found is not None and found.found.source == "partition"
+
+
+def test_no_wait_for_udev_when_the_partition_is_there(sources: Sources, tmp_path: Path) -> None:
+    fake_partition(tmp_path, sources, {"nodeconfig.yaml": CONFIG})
+    sources.settle = lambda: pytest.fail("waited for udev with the partition already found")
+    assert discover(sources).found is not None
+
+
+def test_udev_not_settling_is_no_error(sources: Sources) -> None:
+    def settle() -> None:
+        raise CommandFailed("udevadm settle --timeout=30 exited 1: timeout")
+
+    sources.settle = settle
+    found = discover(sources)
+    assert found.found is None and found.errors == []
 
 
 def test_partition_without_the_file(sources: Sources, tmp_path: Path) -> None:
