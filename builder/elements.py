@@ -193,6 +193,8 @@ def boot_files() -> list[ImageFile]:
               render("initrd/initrd-target-dropin.conf")),
         _text("hostbuild-boot", f"{system}/emergency.service.d/50-hostbuild.conf",
               render("initrd/emergency-dropin.conf")),
+        _text("hostbuild-boot", f"{system}/systemd-udev-trigger.service.d/50-hostbuild.conf",
+              render("initrd/udev-trigger-dropin.conf")),
         _text("hostbuild-boot", f"{system}/sysroot-var.mount", render("initrd/var.mount")),
         _text("hostbuild-boot", f"{system}/{var_device}.d/50-hostbuild.conf",
               render("initrd/var-device-dropin.conf")),
