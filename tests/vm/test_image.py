@@ -6,6 +6,7 @@ One VM is shared by the read-only checks; the reboot checks run last on the same
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,6 +204,36 @@ def test_boot_counting_falls_back_when_the_health_gate_fails(
         assert f"{profile}_9.9.9-1+0-1.efi" in entries  # tried once, no tries left: bad
         assert "systemd.mask=containerd.service" not in node.sh("cat /proc/cmdline")
         assert node.host.service("containerd").is_running
+
+
+def test_a_failing_initrd_reboots_and_falls_back(
+    image: BuiltImage, key: SshKey, tools_tree: ToolsTree, tmp_path: Path
+) -> None:
+    """A newer UKI whose root partition never appears: a reboot (no shell), the old entry."""
+    cmdline = image.manifest["kernel"]["cmdline"]
+    bogus = "00000000-0000-4000-8000-00000000b0b0"
+    # the slot's data partition is missing: the initrd waits for it (10 s here), then gives up
+    bad_cmdline = re.sub(
+        r"systemd\.verity_root_data=\S+",
+        f"systemd.verity_root_data=/dev/disk/by-partuuid/{bogus}",
+        cmdline,
+    )
+    bad = build_uki_variant(image, tools_tree, tmp_path, "9.9.9-2",
+                            f"{bad_cmdline} rd.systemd.default_device_timeout_sec=10")  # fmt: skip
+    with booted(image.raw, tools_tree, tmp_path / "vm", key) as vm:
+        node = Node(vm, ssh_config(tmp_path / "ssh_config", vm.ssh_port, key))
+        node.wait_for("systemctl is-active systemd-bless-boot.service")
+        esp = node.sh("bootctl --print-esp-path").strip()
+        profile = image.manifest["profile"]
+        run(["scp", "-F", node.config, "-q", bad, f"vm:{esp}/EFI/Linux/{profile}_9.9.9-2+1.efi"])
+        node.sh("sync")
+        node.host.run("systemctl reboot")
+        vm.wait_for_serial(r"hostbuild: the initrd failed", 300)
+        time.sleep(10)
+        vm.wait_for_ssh(400)
+        node.wait_for("systemctl is-active multi-user.target")
+        assert f"{profile}_9.9.9-2+0-1.efi" in node.sh(f"ls {esp}/EFI/Linux").split()
+        assert bogus not in node.sh("cat /proc/cmdline")
 
 
 @pytest.mark.destructive
