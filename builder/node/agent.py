@@ -6,7 +6,6 @@ configuration, says why on stderr (the journal), the console and in the status f
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import hashlib
@@ -22,6 +21,8 @@ from typing import Any
 import yaml
 
 from .check import InvalidConfig
+from .command import CommandFailed
+from .command import run as run_command
 from .model import NodeConfig
 from .nodeconfig import parse_text
 from .render import install_outputs, render_outputs
@@ -35,17 +36,33 @@ PROFILE_KUBELET = Path("etc/kubernetes/kubelet/config.yaml")  # below --root
 CONTAINERD_CONFIG = Path("etc/containerd/config.toml")  # below --root
 SSH_CREDENTIAL = "ssh.authorized_keys.root"
 CONSOLE = Path("/dev/console")
+CONTAINERD_DROPINS = "containerd/conf.d"  # below RUN: the config.toml `imports` the agent renders
+CONTAINERD_UNIT = "containerd.service"
+
+
+def restart_unit(unit: str) -> None:
+    """Queue a restart of `unit` (a start if it is not running) and return at once.
+
+    Queued while the unit's start job runs, systemd turns that job into a restart, so the
+    service reads what was written before this call in every case.
+    """
+    run_command(["systemctl", "restart", "--no-block", unit])
 
 
 def apply(
     root: Path, sources: Sources, console: Path | None = CONSOLE,
     set_hostname: Callable[[str], None] = socket.sethostname,
+    restart: Callable[[str], None] = restart_unit,
 ) -> dict[str, Any]:  # fmt: skip
-    """Render the node configuration under `root`; returns the status it also writes."""
+    """Render the node configuration under `root`; returns the status it also writes.
+
+    containerd does not wait for the agent at boot (its start is the longest on the way to
+    boot-complete.target): when the drop-ins it imports change, the agent restarts it.
+    """
     discovery = discover(sources)
     status: dict[str, Any] = {
         "ok": True, "source": None, "detail": None, "digest": None, "errors": [],
-        "warnings": [], "kubelet": "not configured", "outputs": [],
+        "warnings": [], "kubelet": "not configured", "outputs": [], "restarted": [],
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
     config = _config_of(discovery, status)
@@ -61,7 +78,14 @@ def apply(
         config if status["ok"] else None, base, discovery.platform, _credential_keys(sources),
         containerd, status["warnings"],
     )  # fmt: skip
+    dropins = _files(run / CONTAINERD_DROPINS)
     install_outputs(outputs, run)
+    if _files(run / CONTAINERD_DROPINS) != dropins:
+        try:
+            restart(CONTAINERD_UNIT)
+            status["restarted"].append(CONTAINERD_UNIT)
+        except CommandFailed as e:
+            status["warnings"].append(f"containerd's drop-ins changed, restarting it failed: {e}")
     status["outputs"] = sorted(f"/{RUN}/{rel}" for rel in outputs)
     if any(rel.startswith("kubelet/") for rel in outputs):
         status["kubelet"] = "configured"
@@ -74,6 +98,14 @@ def apply(
     _write_status(run, status)
     _report(status, console)
     return status
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    """The files directly in `directory` and their contents (none if it is missing)."""
+    try:
+        return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+    except OSError:
+        return {}
 
 
 def _config_of(discovery: Discovery, status: dict[str, Any]) -> NodeConfig | None:
@@ -129,6 +161,8 @@ def _report(status: dict[str, Any], console: Path | None) -> None:
     for warning in status["warnings"]:
         logger.warning("%s", warning)
     where = f" from {status['source']} ({status['detail']})" if status["source"] else ""
+    if status["restarted"]:
+        logger.info("restarted %s: its drop-ins changed", ", ".join(status["restarted"]))
     if status["ok"]:
         logger.info("kubelet %s; %d files rendered", status["kubelet"], len(status["outputs"]))
         # one line on the console at every boot: what a serial console reader looks for first
@@ -169,7 +203,7 @@ def show_status(root: Path, as_json: bool) -> int:
         f"kubelet:  {status.get('kubelet')}",
         f"time:     {status.get('time')}",
     ]
-    for title in ("errors", "warnings", "outputs"):
+    for title in ("errors", "warnings", "outputs", "restarted"):
         if status.get(title):
             lines += [f"{title}:", *(f"  {item}" for item in status[title])]
     print("\n".join(lines))  # noqa: T201 -- the CLI's output
@@ -194,7 +228,17 @@ def validate_file(path: Path) -> int:
     return 0
 
 
+def _no_restart(unit: str) -> None:
+    logger.info("not restarting %s: --root is not /", unit)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    if args == ["apply"]:  # the boot unit: no argparse to import, a tenth of a second or more
+        return _apply(Path("/"))
+    import argparse
+
     parser = argparse.ArgumentParser(prog="hostbuild-node", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("/"), help="render below this root")
     sub = parser.add_subparsers(dest="command")
@@ -203,14 +247,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--json", action="store_true")
     validate = sub.add_parser("validate", help="check a NodeConfig or user-data file")
     validate.add_argument("file", type=Path)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    if args.command == "status":
-        return show_status(args.root, args.json)
-    if args.command == "validate":
-        return validate_file(args.file)
+    parsed = parser.parse_args(args)
+    if parsed.command == "status":
+        return show_status(parsed.root, parsed.json)
+    if parsed.command == "validate":
+        return validate_file(parsed.file)
+    return _apply(parsed.root)
+
+
+def _apply(root: Path) -> int:
+    # a root other than this node's: nothing of this node's to restart
+    restart = restart_unit if root == Path("/") else _no_restart
     try:
-        apply(args.root, Sources.from_environment(dict(os.environ)))
+        apply(root, Sources.from_environment(dict(os.environ)), restart=restart)
     except Exception:
         # a bug, not bad user-data: the unit shows failed, and the boot still goes on
         logger.exception("hostbuild-node apply failed")

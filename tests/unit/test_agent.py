@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from builder.node import agent
+from builder.node.command import CommandFailed
 from builder.node.sources import Imds, Sources
 from builder.run import base_environment, run
 from tests.conftest import DATA, REPO
@@ -40,6 +41,7 @@ class Node:
         self.console = tmp_path / "console"
         self.console.touch()
         self.hostnames: list[str] = []
+        self.restarts: list[str] = []
         self.sources = Sources(
             dmi=tmp_path / "dmi", imds=Imds("http://127.0.0.1:9", timeout=0.1, deadline=0.1),
             credential_dirs=[self.creds], by_label=tmp_path / "no-such-label",
@@ -50,7 +52,9 @@ class Node:
         (self.creds / "hostbuild.nodeconfig").write_bytes(data)
 
     def apply(self) -> dict[str, object]:
-        return agent.apply(self.root, self.sources, self.console, self.hostnames.append)
+        return agent.apply(
+            self.root, self.sources, self.console, self.hostnames.append, self.restarts.append
+        )
 
     def status(self) -> dict[str, object]:
         result: dict[str, object] = json.loads((self.run / "node-status.json").read_text())
@@ -80,6 +84,37 @@ def test_good_config_is_rendered_and_reported(node: Node) -> None:
         "kubelet configured\n"
     )
     assert "pause:3.10.1" in (node.run / "containerd/conf.d/sandbox.toml").read_text()
+
+
+def test_containerd_is_restarted_only_when_its_dropins_change(node: Node) -> None:
+    node.user_data(FULL)  # sets a sandbox image: a drop-in containerd did not start with
+    assert node.apply()["restarted"] == ["containerd.service"]
+    assert node.restarts == ["containerd.service"]
+    assert node.apply()["restarted"] == []  # the same drop-in again: containerd has it already
+    node.user_data(FULL.replace(b"pause:3.10.1", b"pause:3.11"))
+    node.apply()
+    node.user_data(FULL.replace(b"sandboxImage:", b"# sandboxImage:"))  # the drop-in goes away
+    assert node.apply()["restarted"] == ["containerd.service"]
+    assert not (node.run / "containerd/conf.d/sandbox.toml").exists()
+    assert node.restarts == ["containerd.service"] * 3
+
+
+def test_no_dropin_no_restart(node: Node) -> None:
+    assert node.apply()["restarted"] == []  # no user-data: nothing containerd imports
+    assert node.restarts == []
+
+
+def test_a_failed_restart_is_a_warning(node: Node) -> None:
+    def fail(unit: str) -> None:
+        raise CommandFailed(f"systemctl restart --no-block {unit} exited 1: masked")
+
+    node.user_data(FULL)
+    status = agent.apply(node.root, node.sources, node.console, node.hostnames.append, fail)
+    assert (status["ok"], status["restarted"]) == (True, [])
+    assert status["warnings"] == [
+        "containerd's drop-ins changed, restarting it failed: "
+        "systemctl restart --no-block containerd.service exited 1: masked"
+    ]
 
 
 def test_invalid_config_configures_no_kubelet_and_says_why(node: Node) -> None:
@@ -151,7 +186,7 @@ def test_hostname_failure_is_a_warning(node: Node) -> None:
         raise PermissionError(1, "Operation not permitted")
 
     node.user_data(FULL)
-    status = agent.apply(node.root, node.sources, node.console, refuse)
+    status = agent.apply(node.root, node.sources, node.console, refuse, node.restarts.append)
     assert status["ok"] is True
     assert status["warnings"] == [
         "setting the hostname 'worker-1': [Errno 1] Operation not permitted"

@@ -7,6 +7,7 @@ changed user-data is on a cloud): a full NodeConfig, a changed one, then an inva
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,23 @@ def nodeconfig(key: SshKey, **changes: Any) -> dict[str, Any]:
     for section, values in changes.items():
         spec[section] = {**spec.get(section, {}), **values}
     return config
+
+
+# The running containerd's CRI configuration, from its verbose CRI status (what kubelet would see;
+# `containerd config dump` only reads the files), through the health gate's gRPC client.
+CRI_SANDBOX_IMAGE = """
+import re, sys
+from pathlib import Path
+sys.path.insert(0, "/usr/lib/hostbuild")
+from hostbuild_node.grpc import unary_call
+reply = unary_call(Path("/run/containerd/containerd.sock"), "/runtime.v1.RuntimeService/Status",
+                   b"\\x08\\x01")  # StatusRequest{verbose: true}
+print(re.search(rb'"sandboxImage":"([^"]*)"', reply).group(1).decode())
+"""
+
+
+def running_sandbox_image(node: Node) -> str:
+    return node.sh(f"python3 -c {shlex.quote(CRI_SANDBOX_IMAGE)}").strip()
 
 
 @contextmanager
@@ -89,6 +107,11 @@ def test_full_nodeconfig_configures_the_node(
         assert "registry.example.com/pause:3.10.1" in node.sh(
             "containerd config dump | grep sandbox_image"
         )
+        # containerd started beside the agent: the agent restarted it for the sandbox drop-in
+        assert running_sandbox_image(node) == "registry.example.com/pause:3.10.1"
+        assert json.loads(node.sh("cat /run/hostbuild/node-status.json"))["restarted"] == [
+            "containerd.service"
+        ]
         # SSH works with the NodeConfig's key (no credential carried one), and the health gate
         # counted kubelet's healthz (the stand-in answers it)
         assert node.sh("cat /run/hostbuild/ssh/authorized_keys.root").strip() == key.public.strip()
@@ -120,6 +143,7 @@ def test_changed_nodeconfig_applies_and_leaves_nothing_stale(
         assert "registry.example.com/pause" not in node.sh(
             "containerd config dump | grep sandbox_image"
         )
+        assert running_sandbox_image(node) == "registry.k8s.io/pause:3.10.1"
         # the data partition kept what the first boot wrote
         assert node.host.file("/var/lib/hostbuild/machine-id").exists
 
