@@ -233,13 +233,6 @@ def node_files() -> list[ImageFile]:
         _text("hostbuild-base", "/etc/ssh/sshd_config.d/50-hostbuild.conf", render("sshd.conf")),
         _text("hostbuild-base", "/usr/lib/systemd/system/ssh.service.d/50-hostbuild.conf",
               render("ssh-dropin.conf")),
-        *(
-            _text("hostbuild-base", f"{system}/{unit}.d/50-hostbuild-startup.conf",
-                  render("startup-weight.conf"))
-            for unit in ("kmod-static-nodes.service", "systemd-tmpfiles-setup-dev-early.service",
-                         "systemd-tmpfiles-setup-dev.service", "systemd-modules-load.service",
-                         "systemd-sysctl.service", "systemd-resolved.service")
-        ),
         _text("hostbuild-base", "/usr/lib/tmpfiles.d/hostbuild-var.conf",
               render("var-tmpfiles.conf")),
         _text("hostbuild-base", "/usr/lib/systemd/system/hostbuild-smoke.service",
