@@ -78,3 +78,30 @@ def test_no_verity_root_is_an_error(tmp_path: Path) -> None:
     sys = fake_sysfs(tmp_path, 4 * 1024 * MIB, LAYOUT)
     (sys / "block" / "dm-0" / "dm" / "name").write_text("other\n")
     assert repart(tmp_path, sys) == (1, "hostbuild: no disk found under /dev/mapper/root\n")
+
+
+READAHEAD = REPO / "builder" / "templates" / "initrd" / "readahead"
+
+
+def test_readahead_loads_the_profiles_modules_and_reads_what_exists(tmp_path: Path) -> None:
+    sysroot = tmp_path / "sysroot"
+    conf = sysroot / "usr/lib/modules-load.d/hostbuild.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("# Rendered by hostbuild from profile worker.\noverlay\n\nbr_netfilter\n")
+    (sysroot / "usr/bin").mkdir(parents=True)
+    (sysroot / "usr/bin/python3.13").write_bytes(b"\x7fELF")  # no containerd, no systemd libraries
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {"modprobe": 'echo "modprobe $*" >&2', "cat": 'echo "cat $*" >&2; exec /bin/cat "$@"'}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = base_environment() | {
+        "HOSTBUILD_SYSROOT": os.fspath(sysroot), "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }  # fmt: skip
+    result = run(["bash", os.fspath(READAHEAD)], env=env, check=False)
+    assert result.returncode == 0
+    assert result.stderr.splitlines() == [
+        "modprobe -a -q -- overlay br_netfilter",
+        f"cat -- {sysroot}/usr/bin/python3.13",
+    ]
