@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.run import base_environment, run
+from builder.run import Completed, base_environment, run
 from tests.conftest import REPO
 
 REPART = REPO / "builder" / "templates" / "initrd" / "repart-root-disk"
@@ -36,17 +36,21 @@ def fake_sysfs(root: Path, disk_sectors: int, parts: list[tuple[str, int, int]])
     return sys
 
 
-def repart(tmp_path: Path, sys: Path) -> tuple[int, str]:
-    """Run the script with a stand-in systemd-repart that prints its arguments."""
+def run_script(script: Path, tmp_path: Path, stubs: dict[str, str], **env: str) -> Completed:
+    """Run `script` with bash, `stubs` (name: sh body) first on PATH and `env` added."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    stub = bin_dir / "systemd-repart"
-    stub.write_text('#!/bin/sh\necho "repart $*"\n')
-    stub.chmod(0o755)
-    env = base_environment() | {
-        "HOSTBUILD_SYSFS": os.fspath(sys), "PATH": f"{bin_dir}:{os.environ['PATH']}",
-    }  # fmt: skip
-    result = run(["bash", os.fspath(REPART)], env=env, check=False)
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return run(["bash", os.fspath(script)], env=base_environment() | env | path, check=False)
+
+
+def repart(tmp_path: Path, sys: Path) -> tuple[int, str]:
+    """Run the script with a stand-in systemd-repart that prints its arguments."""
+    stubs = {"systemd-repart": 'echo "repart $*"'}
+    result = run_script(REPART, tmp_path, stubs, HOSTBUILD_SYSFS=os.fspath(sys))
     return result.returncode, result.stdout + result.stderr
 
 
@@ -90,16 +94,8 @@ def test_readahead_loads_the_profiles_modules_and_reads_what_exists(tmp_path: Pa
     conf.write_text("# Rendered by hostbuild from profile worker.\noverlay\n\nbr_netfilter\n")
     (sysroot / "usr/bin").mkdir(parents=True)
     (sysroot / "usr/bin/python3.13").write_bytes(b"\x7fELF")  # no containerd, no systemd libraries
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     stubs = {"modprobe": 'echo "modprobe $*" >&2', "cat": 'echo "cat $*" >&2; exec /bin/cat "$@"'}
-    for name, body in stubs.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    env = base_environment() | {
-        "HOSTBUILD_SYSROOT": os.fspath(sysroot), "PATH": f"{bin_dir}:{os.environ['PATH']}",
-    }  # fmt: skip
-    result = run(["bash", os.fspath(READAHEAD)], env=env, check=False)
+    result = run_script(READAHEAD, tmp_path, stubs, HOSTBUILD_SYSROOT=os.fspath(sysroot))
     assert result.returncode == 0
     assert result.stderr.splitlines() == [
         "modprobe -a -q -- overlay br_netfilter",
