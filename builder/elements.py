@@ -207,6 +207,8 @@ def boot_files() -> list[ImageFile]:
               render("initrd/repart-root-disk"), 0o755),
         _text("hostbuild-boot", f"{initrd}/usr/lib/hostbuild/machine-id",
               render("initrd/machine-id"), 0o755),
+        _text("hostbuild-boot", f"{system}/initrd-parse-etc.service.d/50-hostbuild.conf",
+              render("initrd/parse-etc-dropin.conf")),
         _text("hostbuild-boot", f"{system}/hostbuild-readahead.service",
               render("initrd/readahead.service")),
         _text("hostbuild-boot", f"{initrd}/usr/lib/hostbuild/readahead",
@@ -241,6 +243,12 @@ def node_files() -> list[ImageFile]:
         _text("hostbuild-base", "/usr/lib/systemd/system/hostbuild-smoke.service",
               render("smoke.service")),
         _text("hostbuild-base", "/usr/lib/hostbuild/smoke", render("smoke"), 0o755),
+        *(
+            _text("hostbuild-base", f"{system}/{unit}.d/50-hostbuild-startup.conf",
+                  render("startup-weight-low.conf"))
+            for unit in ("systemd-resolved.service", "systemd-timesyncd.service",
+                         "systemd-networkd.service")
+        ),
     ]  # fmt: skip
 
 
