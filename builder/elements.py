@@ -243,12 +243,11 @@ def node_files() -> list[ImageFile]:
         _text("hostbuild-base", "/usr/lib/systemd/system/hostbuild-smoke.service",
               render("smoke.service")),
         _text("hostbuild-base", "/usr/lib/hostbuild/smoke", render("smoke"), 0o755),
-        *(
-            _text("hostbuild-base", f"{system}/{unit}.d/50-hostbuild-startup.conf",
-                  render("startup-weight-low.conf"))
-            for unit in ("systemd-resolved.service", "systemd-timesyncd.service",
-                         "systemd-networkd.service")
-        ),
+        # timesyncd waits for the CPU while the node boots; networkd and resolved do not: kubelet
+        # needs the network and name resolution to join its cluster, and a node joining sooner
+        # matters more than an earlier verdict
+        _text("hostbuild-base", f"{system}/systemd-timesyncd.service.d/50-hostbuild-startup.conf",
+              render("startup-weight-low.conf")),
     ]  # fmt: skip
 
 
