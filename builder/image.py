@@ -25,13 +25,12 @@ import yaml
 
 from builder import __version__
 from builder.apt import Mirrors, archive_state, resolve_mirrors
-from builder.artifacts import CATALOGUE, Artifact, Cache, Fetched, fetch_all, sha256_file
+from builder.artifacts import Artifact, Cache, Fetched, fetch_all, sha256_file
 from builder.assemble import assemble_image, source_date_epoch, write_json
 from builder.components import debian_pins, upstream_artifacts
 from builder.dib import DibInvocation
 from builder.elements import (
     ELEMENTS_DIR,
-    TEMPLATES,
     ImageFile,
     binary_files,
     config_files,
@@ -100,13 +99,18 @@ def image_name(profile: Profile, build: int | None = None) -> str:
     return f"{profile.name}-{version}"
 
 
+# What of hostbuild itself decides an image's content: the elements, and the whole package (its
+# code picks the files it renders into the image, its templates and data are inside it).
+HOSTBUILD_SOURCES = (ELEMENTS_DIR, Path(__file__).parent)
+
+
 def build_inputs(plan: Plan, archive: str) -> dict[str, Any]:
     """Everything that decides the image's content: what the build number is derived from."""
     return {
         "profile": yaml.safe_load(dump_profile(plan.profile)),
         "artifacts": {a.name: {"version": a.version, "sha256": a.sha256} for a in plan.artifacts},
         "debian_archive": archive,
-        "hostbuild": tree_digest(ELEMENTS_DIR, TEMPLATES, CATALOGUE.parent),
+        "hostbuild": tree_digest(*HOSTBUILD_SOURCES),
     }
 
 

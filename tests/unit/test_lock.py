@@ -59,3 +59,20 @@ def test_corrupt_lock_is_a_clear_error(tmp_path: Path) -> None:
         HostbuildError, match="not a hostbuild lock file: '1.2.3' has no build number"
     ):
         load_lock(path)
+
+
+def test_build_number_covers_what_decides_the_image() -> None:
+    """A changed element, template, artifact catalogue or renderer (which files the image gets)
+    is a new build number: an image's version never names two different contents."""
+    from builder import artifacts, elements, image
+
+    def covered(path: Path) -> bool:
+        return any(
+            path.resolve().is_relative_to(root.resolve()) for root in image.HOSTBUILD_SOURCES
+        )
+
+    assert covered(elements.ELEMENTS_DIR / "hostbuild-base")
+    assert covered(elements.TEMPLATES / "node.service")
+    assert covered(artifacts.CATALOGUE)
+    assert covered(Path(elements.__file__))  # renders the image's files
+    assert covered(Path(elements.__file__).parent / "node" / "agent.py")  # copied into the image
