@@ -166,9 +166,6 @@ def config_files(profile: Profile, build: int) -> list[ImageFile]:
     disable = [
         "systemd-networkd-wait-online.service", "apt-daily.timer", "apt-daily-upgrade.timer",
         "cni-dhcp.service", "cni-dhcp.socket", "e2scrub_reap.service", "e2scrub_all.timer",
-        # network units from ip= on the kernel command line: the UKI fixes it, user-data
-        # configures the node
-        "systemd-network-generator.service",
     ]  # fmt: skip
     files.append(_text("hostbuild-base", "/usr/lib/systemd/system-preset/80-hostbuild.preset",
                        render("preset.j2", profile=p, enable=enable, disable=disable)))  # fmt: skip

@@ -142,6 +142,21 @@ def test_units_enabled(built: Built) -> None:
     assert "$KUBELET_KUBECONFIG_ARGS" in unit
 
 
+def test_sysinit_target_waits_for_fewer_units(built: Built) -> None:
+    """boot-complete.target comes after sysinit.target: resolved and timesyncd are still wanted by
+    it but no longer ordered before it; units a node never uses on the way to it are masked."""
+    for unit in ("systemd-resolved.service", "systemd-timesyncd.service"):
+        text = built.read(f"/etc/systemd/system/{unit}").decode()
+        before = [line.split("=", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("Before=")]  # fmt: skip
+        assert before and all(targets and "sysinit.target" not in targets for targets in before)
+        assert "shutdown.target" in before[0]  # the rest of systemd's ordering stays
+        assert f"/etc/systemd/system/sysinit.target.wants/{unit}" in built.names()
+    for unit in ("systemd-udev-load-credentials.service", "systemd-binfmt.service",
+                 "systemd-network-generator.service"):  # fmt: skip
+        assert os.readlink(built.root / f"etc/systemd/system/{unit}") == "/dev/null"
+
+
 def test_containerd_config_parses_with_profile_values(built: Built) -> None:
     config = tomllib.loads(built.read("/etc/containerd/config.toml").decode())
     cri = config["plugins"]["io.containerd.grpc.v1.cri"]
