@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from builder import artifacts, elements, image
 from builder.errors import HostbuildError
 from builder.lock import inputs_digest, load_lock, lock_path, tree_digest
 from builder.versions import parse_os_version
@@ -64,7 +65,6 @@ def test_corrupt_lock_is_a_clear_error(tmp_path: Path) -> None:
 def test_build_number_covers_what_decides_the_image() -> None:
     """A changed element, template, artifact catalogue or renderer (which files the image gets)
     is a new build number: an image's version never names two different contents."""
-    from builder import artifacts, elements, image
 
     def covered(path: Path) -> bool:
         return any(
