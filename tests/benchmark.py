@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from builder.apt import resolve_mirrors
-from builder.dib import dib_command
-from builder.profile import load_profile
+from builder.build.apt import resolve_mirrors
+from builder.build.dib import dib_command
+from builder.profile.model import load_profile
 from builder.run import base_environment, stream
 from tests.standin import PROFILE, make_mirror
 

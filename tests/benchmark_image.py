@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.apt import resolve_mirrors
-from builder.profile import Debian
-from builder.qemu import Vm, VmConfig, boot_vm
+from builder.build.apt import resolve_mirrors
+from builder.build.toolstree import ToolsTree, ensure_tools_tree
+from builder.disk.slot import COMPRESSORS, PCLUSTER
+from builder.profile.model import Debian
 from builder.run import base_environment, run
-from builder.slot import COMPRESSORS, PCLUSTER
-from builder.toolstree import ToolsTree, ensure_tools_tree
+from builder.vm.qemu import Vm, VmConfig, boot_vm
 from tests.plain_image import REPORT, assemble_plain_disk, build_plain_tar
 from tests.vm.conftest import cache_dir
 from tests.vm.image import make_ssh_key, ssh_config

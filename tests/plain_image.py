@@ -15,11 +15,11 @@ import os
 import uuid
 from pathlib import Path
 
-from builder.apt import Mirrors
-from builder.dib import dib_command
-from builder.disk import ESP_TYPE, ROOT_TYPE, Layout, Partition, assemble_disk
+from builder.build.apt import Mirrors
+from builder.build.dib import dib_command
+from builder.disk.gpt import ESP_TYPE, ROOT_TYPE, Layout, Partition, assemble_disk
+from builder.disk.slot import MOUNT_POINTS, extract_tree
 from builder.run import base_environment, run, stream
-from builder.slot import MOUNT_POINTS, extract_tree
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -10,8 +10,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from builder.build.manifest import MANIFEST
 from builder.log import step
-from builder.manifest import MANIFEST
 from builder.publish import ami, share, ssm
 from builder.publish.clients import Clients, aws_errors, check_known_region
 from builder.publish.dryrun import Recorder

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.build.manifest import MANIFEST
 from builder.errors import HostbuildError
-from builder.manifest import MANIFEST
 
 GIB = 1024**3
 # partition-region-number, e.g. eu-west-1, us-gov-west-1, ap-southeast-5

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from builder.manifest import read_manifest, write_manifest
+from builder.build.manifest import read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.doctor import check_host
+from builder.build.doctor import check_host
 from tests.conftest import skip_marked
 
 

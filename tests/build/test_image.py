@@ -17,10 +17,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from builder.apt import resolve_mirrors
+from builder.build.apt import resolve_mirrors
+from builder.build.toolstree import ensure_tools_tree
 from builder.cli import cli
-from builder.profile import load_profile
-from builder.toolstree import ensure_tools_tree
+from builder.profile.model import load_profile
 from tests.standin import PROFILE, artifacts
 
 pytestmark = pytest.mark.build

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.apt import Mirrors, host_mirrors, resolve_mirrors
+from builder.build.apt import Mirrors, host_mirrors, resolve_mirrors
 from builder.errors import HostbuildError
-from builder.profile import Debian
+from builder.profile.model import Debian
 
 
 def write(root: Path, name: str, text: str) -> None:

@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from builder import artifacts
-from builder.artifacts import Artifact, ArtifactError, Cache, fetch, fetch_all, mirror_location
+from builder.build import artifacts
+from builder.build.artifacts import (
+    Artifact,
+    ArtifactError,
+    Cache,
+    fetch,
+    fetch_all,
+    mirror_location,
+)
 
 BODY = b"kubelet test stand-in\n" * 1000
 DIGEST = hashlib.sha256(BODY).hexdigest()

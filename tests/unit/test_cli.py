@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import image as image_module
-from builder.apt import Mirrors
+from builder.build import image as image_module
+from builder.build.apt import Mirrors
 from tests.conftest import Cli
 from tests.standin import PROFILE, make_mirror
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.disk import (
+from builder.disk.gpt import (
     ESP_TYPE,
     ROOT_TYPE,
     VERITY_TYPE,
@@ -17,8 +17,8 @@ from builder.disk import (
     plan_layout,
     slot_size,
 )
+from builder.disk.uki import SlotRef, kernel_cmdline
 from builder.run import run
-from builder.uki import SlotRef, kernel_cmdline
 
 
 def test_layout_v1_order_types_and_labels() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.artifacts import Artifact, Fetched
-from builder.elements import (
+from builder.build.artifacts import Artifact, Fetched
+from builder.build.elements import (
     ImageFile,
     binary_files,
     config_files,
@@ -19,7 +19,7 @@ from builder.elements import (
     prepare_elements,
 )
 from builder.errors import HostbuildError
-from builder.profile import load_profile
+from builder.profile.model import load_profile
 from tests.conftest import DATA, REPO
 
 GOLDEN = DATA / "golden"

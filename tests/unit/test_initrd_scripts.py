@@ -10,7 +10,7 @@ import pytest
 from builder.run import Completed, base_environment, run
 from tests.conftest import REPO
 
-REPART = REPO / "builder" / "templates" / "initrd" / "repart-root-disk"
+REPART = REPO / "builder" / "build" / "templates" / "initrd" / "repart-root-disk"
 MIB = 2048  # 512-byte sectors
 
 
@@ -84,7 +84,7 @@ def test_no_verity_root_is_an_error(tmp_path: Path) -> None:
     assert repart(tmp_path, sys) == (1, "hostbuild: no disk found under /dev/mapper/root\n")
 
 
-READAHEAD = REPO / "builder" / "templates" / "initrd" / "readahead"
+READAHEAD = REPO / "builder" / "build" / "templates" / "initrd" / "readahead"
 
 
 def test_readahead_loads_the_profiles_modules_and_reads_what_exists(tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import artifacts, elements, image
+from builder.build import artifacts, elements, image
+from builder.build.lock import inputs_digest, load_lock, lock_path, tree_digest
 from builder.errors import HostbuildError
-from builder.lock import inputs_digest, load_lock, lock_path, tree_digest
-from builder.versions import parse_os_version
+from builder.profile.versions import parse_os_version
 
 V = parse_os_version("1.2.3")
 
@@ -75,4 +75,6 @@ def test_build_number_covers_what_decides_the_image() -> None:
     assert covered(elements.TEMPLATES / "node.service")
     assert covered(artifacts.CATALOGUE)
     assert covered(Path(elements.__file__))  # renders the image's files
-    assert covered(Path(elements.__file__).parent / "node" / "agent.py")  # copied into the image
+    assert covered(
+        Path(elements.__file__).parents[1] / "node" / "agent.py"
+    )  # copied into the image

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from builder.cli.nodeconfig import NodeConfigError, load_nodeconfig
 from builder.node.check import InvalidConfig
 from builder.node.nodeconfig import parse, parse_text
-from builder.nodeconfig_cli import NodeConfigError, load_nodeconfig
 from tests.conftest import DATA, REPO, Cli
 
 NODECONFIG = DATA / "nodeconfig"

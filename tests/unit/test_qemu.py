@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from builder import qemu
-from builder.qemu import (
+from builder.build.toolstree import ToolsTree
+from builder.run import spawn
+from builder.vm import qemu
+from builder.vm.qemu import (
     Accelerator,
     Vm,
     VmConfig,
@@ -26,8 +28,6 @@ from builder.qemu import (
     qemu_argv,
     smbios_credentials,
 )
-from builder.run import spawn
-from builder.toolstree import ToolsTree
 
 
 def option(argv: list[str], name: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from builder.sbom import build_sbom
+from builder.build.sbom import build_sbom
 
 MANIFEST = {
     "name": "worker-1.0.0-1",

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import toolstree
-from builder.errors import CommandError, HostbuildError
-from builder.toolstree import (
+from builder.build import toolstree
+from builder.build.toolstree import (
     OVMF_VARS,
     PACKAGES,
     ToolsTree,
@@ -18,6 +17,7 @@ from builder.toolstree import (
     mmdebstrap_argv,
     tree_key,
 )
+from builder.errors import CommandError, HostbuildError
 
 MIRROR = "http://mirror.invalid/debian"
 

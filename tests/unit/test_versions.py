@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from builder.versions import OsVersion, minor_of, parse_os_version, release_tuple, upstream_of
+from builder.profile.versions import (
+    OsVersion,
+    minor_of,
+    parse_os_version,
+    release_tuple,
+    upstream_of,
+)
 
 FORMS = " (numbers without leading zeros, e.g. '1.2.3' or '1.2.3-4')"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.apt import host_mirrors
-from builder.toolstree import ToolsTree, ensure_tools_tree, host_is_new_enough
+from builder.build.apt import host_mirrors
+from builder.build.toolstree import ToolsTree, ensure_tools_tree, host_is_new_enough
 from tests.conftest import skip_marked
 from tests.vm.image import BuiltImage, SshKey, build_standin_image, make_ssh_key
 

@@ -15,10 +15,10 @@ from typing import Any
 import testinfra
 from click.testing import CliRunner
 
+from builder.build.toolstree import ToolsTree
 from builder.cli import cli
-from builder.qemu import Vm, VmConfig, boot_vm
 from builder.run import run
-from builder.toolstree import ToolsTree
+from builder.vm.qemu import Vm, VmConfig, boot_vm
 from tests.standin import PROFILE, make_mirror
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.qemu import VmConfig, boot_vm
+from builder.build.toolstree import ToolsTree
 from builder.run import run
-from builder.toolstree import ToolsTree
-from builder.vmtest import run_smoke
+from builder.vm.qemu import VmConfig, boot_vm
+from builder.vm.vmtest import run_smoke
 from tests.vm.image import (
     BuiltImage,
     Node,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.qemu import VmConfig, boot_vm
-from builder.toolstree import ToolsTree
+from builder.build.toolstree import ToolsTree
+from builder.vm.qemu import VmConfig, boot_vm
 from tests.vm.image import BuiltImage, Node, SshKey, ssh_config
 
 pytestmark = pytest.mark.vm

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.qemu import Accelerator, VmConfig, VmError, boot_vm
-from builder.toolstree import ToolsTree
+from builder.build.toolstree import ToolsTree
+from builder.vm.qemu import Accelerator, VmConfig, VmError, boot_vm
 
 pytestmark = pytest.mark.vm
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.slot import Tools
+from builder.disk.slot import Tools
 
 STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 

@@ -24,12 +24,10 @@ from typing import Any
 import yaml
 
 from builder import __version__
-from builder.apt import Mirrors, archive_state, resolve_mirrors
-from builder.artifacts import Artifact, Cache, Fetched, fetch_all, sha256_file
-from builder.assemble import assemble_image, source_date_epoch, write_json
-from builder.components import debian_pins, upstream_artifacts
-from builder.dib import DibInvocation
-from builder.elements import (
+from builder.build.apt import Mirrors, archive_state, resolve_mirrors
+from builder.build.artifacts import Artifact, Cache, Fetched, fetch_all, sha256_file
+from builder.build.dib import DibInvocation
+from builder.build.elements import (
     ELEMENTS_DIR,
     ImageFile,
     binary_files,
@@ -37,15 +35,17 @@ from builder.elements import (
     image_elements,
     prepare_elements,
 )
+from builder.build.lock import inputs_digest, load_lock, lock_path, tree_digest
+from builder.build.manifest import write_manifest
+from builder.build.sbom import build_sbom
+from builder.build.toolstree import ensure_tools_tree
+from builder.disk.assemble import assemble_image, source_date_epoch, write_json
 from builder.errors import HostbuildError
-from builder.lock import inputs_digest, load_lock, lock_path, tree_digest
 from builder.log import step
-from builder.manifest import write_manifest
-from builder.profile import Profile, dump_profile
-from builder.sbom import build_sbom
-from builder.skew import evaluate_skew, supported_api_servers
-from builder.toolstree import ensure_tools_tree
-from builder.versions import minor_of, parse_os_version
+from builder.profile.components import debian_pins, upstream_artifacts
+from builder.profile.model import Profile, dump_profile
+from builder.profile.skew import evaluate_skew, supported_api_servers
+from builder.profile.versions import minor_of, parse_os_version
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def image_name(profile: Profile, build: int | None = None) -> str:
 
 # What of hostbuild itself decides an image's content: the elements, and the whole package (its
 # code picks the files it renders into the image, its templates and data are inside it).
-HOSTBUILD_SOURCES = (ELEMENTS_DIR, Path(__file__).parent)
+HOSTBUILD_SOURCES = (ELEMENTS_DIR, Path(__file__).parents[1])
 
 
 def build_inputs(plan: Plan, archive: str) -> dict[str, Any]:

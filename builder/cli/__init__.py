@@ -13,20 +13,20 @@ from typing import Any
 
 import click
 
-from builder.apt import resolve_mirrors
-from builder.artifacts import Cache, fetch_all
-from builder.components import upstream_artifacts
-from builder.doctor import check_host, install_hint
+from builder.build.apt import resolve_mirrors
+from builder.build.artifacts import Cache, fetch_all
+from builder.build.doctor import check_host, install_hint
+from builder.build.image import BuildOptions, build_image, image_name, plan_build
+from builder.build.manifest import read_manifest
+from builder.build.toolstree import ensure_tools_tree
 from builder.errors import HostbuildError
-from builder.image import BuildOptions, build_image, image_name, plan_build
 from builder.log import current_log_file, log_file, setup_logging
-from builder.manifest import read_manifest
-from builder.profile import Debian, display, dump_profile, list_profiles, load_profile
+from builder.profile.components import upstream_artifacts
+from builder.profile.model import Debian, display, dump_profile, list_profiles, load_profile
+from builder.profile.skew import supported_api_servers
 from builder.publish.cli import publish
-from builder.qemu import Accelerator, VmConfig, boot_vm
-from builder.skew import supported_api_servers
-from builder.toolstree import ensure_tools_tree
-from builder.vmtest import run_smoke, run_suite
+from builder.vm.qemu import Accelerator, VmConfig, boot_vm
+from builder.vm.vmtest import run_smoke, run_suite
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def nodeconfig() -> None:
 def nodeconfig_validate(file: Path, render_dir: Path | None, profile_ref: str | None) -> None:
     """Check FILE (a NodeConfig, or user-data holding one) as the node agent would."""
     # imported here so that this command stays one self-contained block of cli.py
-    from builder.nodeconfig_cli import load_nodeconfig, render_nodeconfig
+    from builder.cli.nodeconfig import load_nodeconfig, render_nodeconfig
 
     config = load_nodeconfig(file)
     click.echo(f"{file}: valid NodeConfig")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import HostbuildError
-from builder.profile import Debian
+from builder.profile.model import Debian
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.artifacts import sha256_file
-from builder.disk import ESP_SIZE, assemble_disk, convert_qcow2, plan_layout
-from builder.esp import build_esp, uki_filename
-from builder.log import step
-from builder.payload import build_payload
-from builder.profile import Profile
-from builder.slot import (
+from builder.build.artifacts import sha256_file
+from builder.disk.esp import build_esp, uki_filename
+from builder.disk.gpt import ESP_SIZE, assemble_disk, convert_qcow2, plan_layout
+from builder.disk.payload import build_payload
+from builder.disk.slot import (
     Tools,
     derived_uuid,
     extract_tree,
@@ -24,7 +22,9 @@ from builder.slot import (
     prepare_tree,
     take_boot_files,
 )
-from builder.uki import SlotRef, build_uki, compress_initrd, kernel_cmdline
+from builder.disk.uki import SlotRef, build_uki, compress_initrd, kernel_cmdline
+from builder.log import step
+from builder.profile.model import Profile
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from builder.errors import HostbuildError
 
 logger = logging.getLogger(__name__)
 
-CATALOGUE = Path(__file__).parent / "data" / "artifacts.yaml"
+CATALOGUE = Path(__file__).parents[1] / "data" / "artifacts.yaml"
 CHUNK = 1 << 20
 ATTEMPTS = 3
 TIMEOUT = 30.0

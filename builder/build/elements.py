@@ -17,12 +17,12 @@ from typing import Any
 import jinja2
 import yaml
 
-from builder.artifacts import Fetched
-from builder.components import KINDS
+from builder.build.artifacts import Fetched
 from builder.errors import HostbuildError
-from builder.profile import CgroupDriver, Kubelet, Profile
+from builder.profile.components import KINDS
+from builder.profile.model import CgroupDriver, Kubelet, Profile
 
-ELEMENTS_DIR = Path(os.environ.get("HOSTBUILD_ELEMENTS", Path(__file__).parent.parent / "elements"))
+ELEMENTS_DIR = Path(os.environ.get("HOSTBUILD_ELEMENTS", Path(__file__).parents[2] / "elements"))
 TEMPLATES = Path(__file__).parent / "templates"
 
 _env = jinja2.Environment(
@@ -220,7 +220,7 @@ def node_files() -> list[ImageFile]:
         _text(
             "hostbuild-base", f"/usr/lib/hostbuild/hostbuild_node/{source.name}", source.read_text()
         )
-        for source in sorted((Path(__file__).parent / "node").glob("*.py"))
+        for source in sorted((Path(__file__).parents[1] / "node").glob("*.py"))
     ]
     system = "/usr/lib/systemd/system"
     return [
@@ -284,7 +284,7 @@ def _from_tarball(element: str, item: Fetched, install: dict[str, str]) -> list[
             f"{item.artifact.name} {item.artifact.version} archive {item.path} lacks "
             f"{', '.join(sorted(wanted))}",
             hint="the pinned checksum matched, so the release changed its layout; "
-            "update KINDS in builder/components.py",
+            "update KINDS in builder/profile/components.py",
         )
     return found
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from builder.artifacts import Artifact, load_catalogue
-from builder.profile import Component, Profile, Source
+from builder.build.artifacts import Artifact, load_catalogue
+from builder.profile.model import Component, Profile, Source
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from builder.build.toolstree import OVMF_CODE, OVMF_VARS, ToolsTree
 from builder.errors import HostbuildError
 from builder.log import step
 from builder.run import Spawned, spawn
-from builder.toolstree import OVMF_CODE, OVMF_VARS, ToolsTree
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import yaml
 
 from builder.errors import Issue, ProfileError
 from builder.node.check import join_path
-from builder.schema import INVALID, convert
+from builder.profile.schema import INVALID, convert
 
-PROFILES_DIR = Path(os.environ.get("HOSTBUILD_PROFILES", Path(__file__).parent.parent / "profiles"))
+PROFILES_DIR = Path(os.environ.get("HOSTBUILD_PROFILES", Path(__file__).parents[2] / "profiles"))
 
 
 class Arch(StrEnum):
@@ -247,7 +247,7 @@ def _origin_of(path: str, origins: dict[str, Path], default: Path) -> Path:
 
 def load_profile(ref: str) -> Profile:
     """Load, merge and validate a profile; raise ProfileError listing every problem."""
-    from builder.checks import check_profile, check_versions
+    from builder.profile.checks import check_profile, check_versions
 
     issues: list[Issue] = []
     layers = _read_layers(ref, issues)

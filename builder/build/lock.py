@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import HostbuildError
-from builder.versions import OsVersion, parse_os_version
+from builder.profile.versions import OsVersion, parse_os_version
 
 LOCK_VERSION = 1
 

@@ -9,13 +9,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.build.toolstree import ToolsTree
 from builder.errors import HostbuildError
-from builder.qemu import VmConfig, boot_vm
 from builder.run import base_environment, stream
-from builder.toolstree import ToolsTree
+from builder.vm.qemu import VmConfig, boot_vm
 
 VERDICT = re.compile(r"HOSTBUILD-SMOKE: (PASS|FAIL: .*)")
-SUITE = Path(__file__).parent.parent / "tests" / "vm" / "test_image.py"
+SUITE = Path(__file__).parents[2] / "tests" / "vm" / "test_image.py"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.dib import dib_command
+from builder.build.dib import dib_command
 from builder.errors import CommandError
 from builder.run import run
 

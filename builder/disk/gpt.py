@@ -9,8 +9,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from builder.disk.slot import derived_uuid
 from builder.run import run
-from builder.slot import derived_uuid
 
 LAYOUT_VERSION = 1
 MiB = 1 << 20

@@ -8,12 +8,12 @@ import string
 import urllib.parse
 from collections.abc import Iterator
 
-from builder.artifacts import load_catalogue
-from builder.components import KINDS, package_of, sha256_of, template_of
-from builder.lock import load_lock, lock_path
-from builder.profile import Component, Kubelet, Profile, Source
-from builder.skew import RULES, evaluate_skew
-from builder.versions import parse_os_version
+from builder.build.artifacts import load_catalogue
+from builder.build.lock import load_lock, lock_path
+from builder.profile.components import KINDS, package_of, sha256_of, template_of
+from builder.profile.model import Component, Kubelet, Profile, Source
+from builder.profile.skew import RULES, evaluate_skew
+from builder.profile.versions import parse_os_version
 
 SUPPORTED_RELEASES = ("trixie",)
 DEBIAN_VERSION = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")

@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
-from builder.profile import Profile
-from builder.versions import minor_of, release_tuple
+from builder.profile.model import Profile
+from builder.profile.versions import minor_of, release_tuple
 
-MATRIX = Path(__file__).parent / "data" / "compatibility.yaml"
+MATRIX = Path(__file__).parents[1] / "data" / "compatibility.yaml"
 
 RULES = {
     "kubernetes-minor": "kubelet's minor is in the compatibility matrix",

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from builder.artifacts import sha256_file
+from builder.build.artifacts import sha256_file
 from builder.run import run
 
 PAYLOAD_VERSION = 1

@@ -7,14 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from builder.elements import config_files, kubelet_config
+from builder.build.elements import config_files, kubelet_config
 from builder.errors import HostbuildError, Issue, IssuesError
 from builder.node.check import InvalidConfig
 from builder.node.model import NodeConfig
 from builder.node.nodeconfig import parse_text
 from builder.node.render import RUN, install_outputs, render_outputs
 from builder.node.sources import Platform, SourceError, extract_nodeconfig
-from builder.profile import Profile
+from builder.profile.model import Profile
 
 logger = logging.getLogger(__name__)
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
