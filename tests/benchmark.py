@@ -19,7 +19,7 @@ from pathlib import Path
 
 from builder.build.apt import resolve_mirrors
 from builder.build.dib import dib_command
-from builder.profile.model import load_profile
+from builder.profile.load import load_profile
 from builder.run import base_environment, stream
 from tests.standin import PROFILE, make_mirror
 

@@ -22,7 +22,8 @@ from builder.build.toolstree import ensure_tools_tree
 from builder.errors import HostbuildError
 from builder.log import current_log_file, log_file, setup_logging
 from builder.profile.components import upstream_artifacts
-from builder.profile.model import Debian, display, dump_profile, list_profiles, load_profile
+from builder.profile.load import display, list_profiles, load_profile
+from builder.profile.model import Debian, dump_profile
 from builder.profile.skew import supported_api_servers
 from builder.publish.cli import publish
 from builder.vm.qemu import Accelerator, VmConfig, boot_vm

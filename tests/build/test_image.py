@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from builder.build.apt import resolve_mirrors
 from builder.build.toolstree import ensure_tools_tree
 from builder.cli import cli
-from builder.profile.model import load_profile
+from builder.profile.load import load_profile
 from tests.standin import PROFILE, artifacts
 
 pytestmark = pytest.mark.build

@@ -19,7 +19,7 @@ from builder.build.elements import (
     prepare_elements,
 )
 from builder.errors import HostbuildError
-from builder.profile.model import load_profile
+from builder.profile.load import load_profile
 from tests.conftest import DATA, REPO
 
 GOLDEN = DATA / "golden"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import sys
@@ -83,3 +84,28 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert marker in readme
     command = readme.split(marker, 1)[1].split("\n```", 1)[0].strip()
     assert command in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_builder_has_no_import_cycles() -> None:
+    graph: dict[str, set[str]] = {}
+    for path in (REPO / "builder").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom)
+            and node.module is not None
+            and node.module.startswith("builder.")
+        }
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        assert module not in path, "import cycle: " + " -> ".join([*path, module])
+        if module in done:
+            return
+        for dependency in sorted(graph.get(module, ())):
+            visit(dependency, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from builder.errors import ProfileError
-from builder.profile.model import CgroupDriver, KernelFlavour, Source, dump_profile, load_profile
+from builder.profile.load import load_profile
+from builder.profile.model import CgroupDriver, KernelFlavour, Source, dump_profile
 from tests.conftest import DATA
 
 BAD = sorted((DATA / "profiles").glob("bad_*.expected"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import ProfileError
-from builder.profile.model import load_profile
+from builder.profile.load import load_profile
 from builder.profile.skew import RULES, evaluate_skew, load_matrix, supported_api_servers
 from tests.conftest import DATA
 

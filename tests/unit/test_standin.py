@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from builder.profile.components import upstream_artifacts
-from builder.profile.model import load_profile
+from builder.profile.load import load_profile
 from tests.standin import PATHS, PROFILE, digests, make_mirror
 
 
