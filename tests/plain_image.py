@@ -17,6 +17,7 @@ from pathlib import Path
 
 from builder.build.apt import Mirrors
 from builder.build.dib import dib_command
+from builder.build.toolstree import ToolsTree
 from builder.disk.gpt import ESP_TYPE, ROOT_TYPE, Layout, Partition, assemble_disk
 from builder.disk.slot import MOUNT_POINTS, extract_tree
 from builder.run import base_environment, run, stream
@@ -120,4 +121,6 @@ def assemble_plain_disk(tar: Path, sd_boot: Path, work: Path, boots: int) -> Pat
         Partition(1, "esp", "esp", ESP_TYPE, str(uuid.uuid4()), MiB, ESP_BYTES),
         Partition(2, "root", "root", ROOT_TYPE, root_uuid, MiB + ESP_BYTES, root_bytes),
     ))  # fmt: skip
-    return assemble_disk(layout, {"esp": esp, "root": root}, work / "plain.raw")
+    return assemble_disk(
+        ToolsTree(Path("/")), layout, {"esp": esp, "root": root}, work / "plain.raw"
+    )

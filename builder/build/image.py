@@ -204,6 +204,7 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
             assembly = assemble_image(
                 profile, name, version, rootfs, workdir / "assemble", staging, tools, epoch
             )
+            lock.check_reproduced(version, inputs, assembly.record["roothash"])
             manifest = _manifest(plan, fetched, files, packages, tree_bytes, started)
             manifest.update(
                 name=name, version=version, os_version=profile.version,
@@ -222,6 +223,7 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
             shutil.copyfile(log, staging / "build.log")
         lock.record({
             "version": manifest["version"], "inputs": inputs, "built_at": manifest["built_at"],
+            "roothash": manifest["roothash"],
             "kubelet": manifest["components"].get("kubelet", {}).get("version"),
             "artifacts": {n: c.get("sha256") for n, c in manifest["components"].items()},
             "packages": {p["package"]: p["version"] for p in packages},

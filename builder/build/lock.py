@@ -39,6 +39,23 @@ class Lock:
                 return parse_os_version(build["version"]).build or 1
         return 1 + max((parse_os_version(b["version"]).build or 0 for b in same), default=0)
 
+    def check_reproduced(self, version: str, inputs: str, roothash: str) -> None:
+        """Fail when a recorded build of these inputs had another root hash: one build number
+        would name two images (the build is not reproducible, or the lock was edited)."""
+        for build in self.builds:
+            if build["version"] != version or build["inputs"] != inputs:
+                continue
+            recorded = build.get("roothash")
+            if recorded is not None and recorded != roothash:
+                raise HostbuildError(
+                    f"build {version} (inputs {inputs[:12]}) was recorded in {self.path} with "
+                    f"root hash {recorded}, and this build of the same inputs gave {roothash}: "
+                    "one build number would name two images",
+                    hint="the build is not reproducible; compare both builds' trees with "
+                    "diffoscope (see the README's reproducibility section) and fix the source "
+                    "of the difference; nothing was written",
+                )
+
     def kubelet_of(self, release: str) -> str | None:
         """The kubelet version of the newest recorded build of OS version `release`."""
         found = [b for b in self.builds if parse_os_version(b["version"]).release == release]

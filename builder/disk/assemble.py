@@ -69,17 +69,19 @@ def assemble_image(
         volume_id = derived_uuid(name, version, "esp").hex[:8]
         uki_name = uki_filename(profile.name, version)
         marker = f"layout {layout.version}\n"
-        esp = build_esp(work / "esp.img", ESP_SIZE, volume_id, tree, uki, uki_name, marker)
+        esp = build_esp(
+            tools, work / "esp.img", ESP_SIZE, volume_id, tree, uki, uki_name, marker, epoch
+        )
     with step("Disk: GPT layout v1, raw and qcow2"):
         raw = assemble_disk(
-            layout, {"esp": esp, "root-a": slot.erofs, "root-a-verity": slot.verity},
+            tools, layout, {"esp": esp, "root-a": slot.erofs, "root-a-verity": slot.verity},
             staging / f"{name}.raw",
         )  # fmt: skip
-        qcow2 = convert_qcow2(raw, staging / f"{name}.qcow2")
+        qcow2 = convert_qcow2(tools, raw, staging / f"{name}.qcow2")
     with step("Update payload"):
         payload_dir = staging / f"{name}.update"
         files = {"root": slot.erofs, "verity": slot.verity, "uki": uki}
-        payload = build_payload(payload_dir, version, slot.roothash, layout.version, files)
+        payload = build_payload(tools, payload_dir, version, slot.roothash, layout.version, files)
     shutil.rmtree(tree)
     record = {
         "layout": layout.describe(),

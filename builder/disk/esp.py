@@ -1,11 +1,17 @@
-"""The EFI System Partition as a FAT32 image file, built with mtools (nothing is mounted)."""
+"""The EFI System Partition as a FAT32 image file, built with mtools (nothing is mounted).
+
+Reproducible: mkfs.vfat runs with `--invariant` (no random or clock values beyond the volume id
+it is given), mtools stamps files and directories with SOURCE_DATE_EPOCH, and both run from the
+tools tree, so neither the clock nor the build host's dosfstools and mtools change the bytes.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from builder.run import base_environment, run
+from builder.disk.slot import Tools
+from builder.run import base_environment
 
 SD_BOOT = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 LOADER_CONF = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n"
@@ -18,16 +24,21 @@ def uki_filename(image_id: str, version: str, tries: int | None = TRIES) -> str:
 
 
 def build_esp(
-    out: Path, size: int, volume_id: str, tree: Path, uki: Path, uki_name: str, layout: str
-) -> Path:
+    tools: Tools, out: Path, size: int, volume_id: str, tree: Path, uki: Path, uki_name: str,
+    layout: str, epoch: int,
+) -> Path:  # fmt: skip
     """A FAT32 image of `size` bytes holding systemd-boot, the loader config and one UKI."""
     env = base_environment()
-    env["MTOOLS_SKIP_CHECK"] = "1"
+    env.update(MTOOLS_SKIP_CHECK="1", SOURCE_DATE_EPOCH=str(epoch))
     out.unlink(missing_ok=True)
-    run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-i", volume_id, "-C", out, str(size // 1024)])
-    image = f"{os.fspath(out)}"
+    binds = [out.parent]
+    tools.run([
+        "mkfs.vfat", "--invariant", "-F", "32", "-n", "ESP", "-i", volume_id, "-C", out,
+        str(size // 1024),
+    ], binds=binds, env=env)  # fmt: skip
+    image = os.fspath(out)
     for directory in ("EFI", "EFI/BOOT", "EFI/systemd", "EFI/Linux", "loader", "loader/entries"):
-        run(["mmd", "-i", image, f"::/{directory}"], env=env)
+        tools.run(["mmd", "-i", image, f"::/{directory}"], binds=binds, env=env)
     boot = tree / SD_BOOT
     config = out.parent / "loader.conf"
     config.write_text(LOADER_CONF)
@@ -41,5 +52,7 @@ def build_esp(
         (uki, f"EFI/Linux/{uki_name}"),
     ]
     for source, target in copies:
-        run(["mcopy", "-i", image, "-o", source, f"::/{target}"], env=env)
+        readonly = [source.parent] if source.parent != out.parent else []
+        tools.run(["mcopy", "-i", image, "-o", source, f"::/{target}"], binds=binds,
+                  readonly=readonly, env=env)  # fmt: skip
     return out

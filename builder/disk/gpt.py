@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from builder.disk.slot import derived_uuid
+from builder.disk.slot import Tools, derived_uuid
 from builder.run import run
 
 LAYOUT_VERSION = 1
@@ -89,8 +89,8 @@ def plan_layout(name: str, version: str, image_id: str, root_bytes: int) -> Layo
     )
 
 
-def assemble_disk(layout: Layout, contents: dict[str, Path], raw: Path) -> Path:
-    """Write the GPT and `dd` each role's image at its offset into a sparse raw file."""
+def assemble_disk(tools: Tools, layout: Layout, contents: dict[str, Path], raw: Path) -> Path:
+    """Write the GPT (sgdisk, from the tools tree) and `dd` each role's image into a sparse raw."""
     raw.unlink(missing_ok=True)
     with raw.open("wb") as f:
         f.truncate(layout.disk_size)
@@ -102,7 +102,7 @@ def assemble_disk(layout: Layout, contents: dict[str, Path], raw: Path) -> Path:
             f"--new={p.number}:{first}:{last}", f"--typecode={p.number}:{p.type_guid}",
             f"--change-name={p.number}:{p.label}", f"--partition-guid={p.number}:{p.partuuid}",
         ]  # fmt: skip
-    run([*argv, raw])
+    tools.run([*argv, raw], binds=[raw.parent])
     for role, image in contents.items():
         p = layout.by_role(role)
         if image.stat().st_size > p.size:
@@ -114,6 +114,18 @@ def assemble_disk(layout: Layout, contents: dict[str, Path], raw: Path) -> Path:
     return raw
 
 
-def convert_qcow2(raw: Path, qcow2: Path) -> Path:
-    run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, qcow2])
+def convert_qcow2(tools: Tools, raw: Path, qcow2: Path) -> Path:
+    """Compressed qcow2 with the tools tree's qemu-img (its clusters are written in order)."""
+    argv: list[str | os.PathLike[str]] = [
+        "qemu-img",
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw,
+        qcow2,
+    ]
+    tools.run(argv, binds=[qcow2.parent, raw.parent])
     return qcow2

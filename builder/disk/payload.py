@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from builder.build.artifacts import sha256_file
-from builder.run import run
+from builder.disk.slot import Tools
 
 PAYLOAD_VERSION = 1
 
 
 def build_payload(
-    out: Path, version: str, roothash: str, layout_version: int, files: dict[str, Path]
-) -> dict[str, Any]:
+    tools: Tools, out: Path, version: str, roothash: str, layout_version: int,
+    files: dict[str, Path],
+) -> dict[str, Any]:  # fmt: skip
     """zstd-compress each file into `out` and write `payload.json` describing them."""
     out.mkdir(parents=True)
     entries = {}
@@ -23,7 +25,19 @@ def build_payload(
         # --long=27: a 128 MiB match window finds repeats across lz4hc's 64 KiB pclusters (the
         # worker's erofs: 3 % smaller at about the same speed; level 19 would take 8x longer for
         # 2 % more); it is the largest window zstd decompresses without being told to.
-        run(["zstd", "-q", "-10", "--long=27", "-T0", "--no-progress", source, "-o", target])
+        # The tools tree's zstd: its output does not depend on the number of threads (-T0).
+        argv: list[str | os.PathLike[str]] = [
+            "zstd",
+            "-q",
+            "-10",
+            "--long=27",
+            "-T0",
+            "--no-progress",
+            source,
+            "-o",
+            target,
+        ]
+        tools.run(argv, binds=[out], readonly=[source.parent])
         target.chmod(0o644)  # zstd copies the source's mode (veritysetup writes 0600)
         entries[role] = {
             "file": target.name,

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,7 +30,14 @@ COMPRESSORS = {"lz4hc": "lz4hc,12", "lz4": "lz4", "zstd": "zstd,15", "lzma": "lz
 class Tools(Protocol):
     """Runs a build tool (from the trixie tools tree or the host) with host paths bound."""
 
-    def run(self, argv: list[str], *, binds: list[Path]) -> Completed: ...
+    def run(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        binds: Sequence[Path] = (),
+        readonly: Sequence[Path] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Completed: ...
 
 
 def derived_uuid(*parts: str) -> uuid.UUID:
@@ -63,20 +71,41 @@ MOUNT_POINTS = {
     "var": 0o755,
 }
 DPKG_DB = "usr/lib/hostbuild/dpkg"
+# What the build leaves in /etc that names the build, not the image: diskimage-builder's record
+# of its arguments and environment (cache and work directories, its process id) and DIB's `vm`
+# hostname (the NodeConfig names the node; without /etc/hostname systemd uses the transient one).
+BUILD_LEFTOVERS = ("etc/dib-manifests", "etc/hostname")
+# Emptied: the host's device nodes (DIB's chroot had /dev; devtmpfs is mounted over it at boot)
+# and /var, which the data partition hides at boot. What a build leaves there (ldconfig's
+# aux-cache, logs, apt and debconf state) would only make two builds differ.
+EMPTIED = ("dev", "var")
 
 
 def prepare_tree(tree: Path) -> None:
-    """What a read-only root needs that a build tree lacks.
+    """What a read-only root needs that a build tree lacks, without what names the build.
 
     The mount points systemd moves into the new root at switch-root (DIB's tar leaves out /proc
     and /sys, and nothing can create them on erofs), and a copy of the package database below
     /usr: /var is the data partition, so the image's own /var is hidden at run time (tmpfiles
-    links /var/lib/dpkg back to the copy of the running version).
+    links /var/lib/dpkg back to the copy of the running version) and left empty here.
     """
+    shutil.copytree(tree / "var/lib/dpkg", tree / DPKG_DB, symlinks=True)
+    for leftover in BUILD_LEFTOVERS:
+        _remove(tree / leftover)
+    for directory in EMPTIED:
+        if (tree / directory).is_dir():
+            for entry in (tree / directory).iterdir():
+                _remove(entry)
     for name, mode in MOUNT_POINTS.items():
         (tree / name).mkdir(exist_ok=True)
         (tree / name).chmod(mode)
-    shutil.copytree(tree / "var/lib/dpkg", tree / DPKG_DB, symlinks=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def take_boot_files(tree: Path, dest: Path) -> tuple[Path, Path, str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.build.toolstree import ToolsTree
 from builder.disk.gpt import (
     ESP_TYPE,
     ROOT_TYPE,
@@ -17,8 +18,11 @@ from builder.disk.gpt import (
     plan_layout,
     slot_size,
 )
+from builder.disk.slot import DPKG_DB, prepare_tree
 from builder.disk.uki import SlotRef, kernel_cmdline
 from builder.run import run
+
+HOST = ToolsTree(Path("/"))
 
 
 def test_layout_v1_order_types_and_labels() -> None:
@@ -62,7 +66,7 @@ def test_assemble_writes_gpt_and_contents(tmp_path: Path) -> None:
     esp.write_bytes(b"E" * MiB)
     erofs = tmp_path / "root.erofs"
     erofs.write_bytes(b"R" * (2 * MiB))
-    raw = assemble_disk(layout, {"esp": esp, "root-a": erofs}, tmp_path / "disk.raw")
+    raw = assemble_disk(HOST, layout, {"esp": esp, "root-a": erofs}, tmp_path / "disk.raw")
     assert raw.stat().st_size == layout.disk_size
     assert raw.stat().st_blocks * 512 < 16 * MiB  # sparse: only what was written
     printed = run(["sgdisk", "-p", raw]).stdout
@@ -80,7 +84,7 @@ def test_oversized_content_is_refused(tmp_path: Path) -> None:
     with big.open("wb") as f:
         f.truncate(layout.by_role("esp").size + 1)
     with pytest.raises(ValueError, match="exceeds esp"):
-        assemble_disk(layout, {"esp": big}, tmp_path / "disk.raw")
+        assemble_disk(HOST, layout, {"esp": big}, tmp_path / "disk.raw")
 
 
 def test_kernel_cmdline_binds_the_slot() -> None:
@@ -92,3 +96,18 @@ def test_kernel_cmdline_binds_the_slot() -> None:
     assert "systemd.verity_root_hash=/dev/disk/by-partuuid/hash-uuid" in args
     assert "systemd.verity_root_options=panic-on-corruption" in args
     assert args[-1] == "console=ttyS0"
+
+
+def test_prepare_tree_drops_what_names_the_build(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    for name in ("var/lib/dpkg/status", "var/log/dpkg.log", "var/cache/ldconfig/aux-cache",
+                 "etc/dib-manifests/dib_environment", "etc/hostname", "etc/os-release",
+                 "dev/kvm", "dev/cpu/0/cpuid", "usr/bin/true"):  # fmt: skip
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(name)
+    prepare_tree(tree)
+    assert (tree / DPKG_DB / "status").read_text() == "var/lib/dpkg/status"
+    assert list((tree / "var").iterdir()) == [] and list((tree / "dev").iterdir()) == []
+    assert not (tree / "etc/dib-manifests").exists() and not (tree / "etc/hostname").exists()
+    assert (tree / "etc/os-release").exists() and (tree / "usr/bin/true").exists()
+    assert {p.name for p in tree.iterdir()} >= {"proc", "sys", "dev", "run", "tmp", "var"}

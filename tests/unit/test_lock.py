@@ -78,3 +78,21 @@ def test_build_number_covers_what_decides_the_image() -> None:
     assert covered(
         Path(elements.__file__).parents[1] / "node" / "agent.py"
     )  # copied into the image
+
+
+def test_a_rebuild_with_another_root_hash_fails_naming_both(tmp_path: Path) -> None:
+    lock = load_lock(tmp_path / "x.lock.json")
+    lock.record({**entry("1.2.3-1", "a"), "roothash": "11" * 32})
+    again = load_lock(tmp_path / "x.lock.json")
+    again.check_reproduced("1.2.3-1", "a", "11" * 32)  # reproduced: fine
+    again.check_reproduced("1.2.3-2", "b", "22" * 32)  # another build: fine
+    with pytest.raises(HostbuildError) as failed:
+        again.check_reproduced("1.2.3-1", "a", "22" * 32)
+    assert "11" * 32 in failed.value.message and "22" * 32 in failed.value.message
+    assert "1.2.3-1" in failed.value.message
+
+
+def test_builds_recorded_before_root_hashes_are_not_checked(tmp_path: Path) -> None:
+    lock = load_lock(tmp_path / "x.lock.json")
+    lock.record(entry("1.2.3-1", "a"))
+    load_lock(tmp_path / "x.lock.json").check_reproduced("1.2.3-1", "a", "33" * 32)
