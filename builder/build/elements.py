@@ -24,6 +24,16 @@ from builder.profile.model import CgroupDriver, Kubelet, Profile
 
 ELEMENTS_DIR = Path(os.environ.get("HOSTBUILD_ELEMENTS", Path(__file__).parents[2] / "elements"))
 TEMPLATES = Path(__file__).parent / "templates"
+# The CIS Kubernetes Benchmark's strong ciphers (4.2.12) with forward secrecy: its list without
+# the two TLS_RSA_WITH_* suites (RSA key exchange). TLS 1.3 suites are not configurable.
+TLS_CIPHER_SUITES = (
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+)  # fmt: skip
+# A pod's PID limit (CIS 4.2.13): ample for any one workload (threads count), while 110 pods at
+# the limit take 450,560 PIDs, a ninth of the pid_max systemd sets (4,194,304)
+POD_PIDS_LIMIT = 4096
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -67,7 +77,7 @@ def image_elements(profile: Profile) -> list[str]:
 
 
 def kubelet_config(kubelet: Kubelet) -> dict[str, Any]:
-    """The KubeletConfiguration: typed fields first, then `extra_config` merged over them."""
+    """The KubeletConfiguration: typed fields and hostbuild's, then `extra_config` merged over."""
     config: dict[str, Any] = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -86,6 +96,10 @@ def kubelet_config(kubelet: Kubelet) -> dict[str, Any]:
         "rotateCertificates": True,
         "serverTLSBootstrap": True,
         "staticPodPath": "/etc/kubernetes/manifests",
+        # the CIS Kubernetes Benchmark's worker node section (tests/data/cis/worker-node.yaml)
+        "readOnlyPort": 0,
+        "podPidsLimit": POD_PIDS_LIMIT,
+        "tlsCipherSuites": list(TLS_CIPHER_SUITES),
     }
     if kubelet.eviction_hard:
         config["evictionHard"] = dict(kubelet.eviction_hard)
@@ -156,12 +170,13 @@ def config_files(profile: Profile, build: int) -> list[ImageFile]:
     if profile.kubelet and "kubelet" in pinned:
         enable.append("kubelet.service")
         flags = "".join(f"--{k}={v} \\\n  " for k, v in profile.kubelet.extra_args.items())
+        # 0600, as CIS 4.1.1 and 4.1.9 ask: only systemd and the node agent (root) read them
         files += [
             _text("hostbuild-kubelet", "/usr/lib/systemd/system/kubelet.service",
                   render("kubelet.service.j2", profile=p, flags=flags,
-                         version=pinned["kubelet"].version)),
+                         version=pinned["kubelet"].version), 0o600),
             _text("hostbuild-kubelet", "/etc/kubernetes/kubelet/config.yaml",
-                  yaml.safe_dump(kubelet_config(profile.kubelet), sort_keys=False)),
+                  yaml.safe_dump(kubelet_config(profile.kubelet), sort_keys=False), 0o600),
         ]  # fmt: skip
     disable = [
         "systemd-networkd-wait-online.service", "apt-daily.timer", "apt-daily-upgrade.timer",

@@ -127,7 +127,8 @@ def _text(text: str, mode: int = 0o644) -> Output:
 def _kubelet_files(
     config: NodeConfig, cluster: Cluster, base: Mapping[str, Any], platform: Platform
 ) -> dict[str, Output]:
-    out = {"kubelet/ca.crt": _text(cluster.certificate_authority)}
+    # all 0600, as CIS Kubernetes Benchmark 4.1.5, 4.1.7 and 4.1.9 ask: only kubelet (root) reads
+    out = {"kubelet/ca.crt": _text(cluster.certificate_authority, 0o600)}
     if cluster.kubeconfig is not None:
         out["kubelet/kubeconfig"] = _text(cluster.kubeconfig, 0o600)
         kubeconfig_args = f"--kubeconfig={KUBELET}/kubeconfig"
@@ -150,7 +151,9 @@ def _kubelet_files(
     if provider_id := config.node.provider_id or platform.provider_id:
         derived["providerID"] = provider_id
     merged = merge(merge(dict(base), derived), config.kubelet.config)
-    out["kubelet/config.yaml"] = _text(f"# {HEADER}\n" + yaml.safe_dump(merged, sort_keys=False))
+    out["kubelet/config.yaml"] = _text(
+        f"# {HEADER}\n" + yaml.safe_dump(merged, sort_keys=False), 0o600
+    )
     flags = []
     if config.node.labels:
         labels = ",".join(f"{k}={v}" for k, v in sorted(config.node.labels.items()))
@@ -160,7 +163,8 @@ def _kubelet_files(
     flags += config.kubelet.flags
     out["kubelet/flags.env"] = _text(
         f"# {HEADER}\nKUBELET_KUBECONFIG_ARGS={env_quote(kubeconfig_args)}\n"
-        f"KUBELET_EXTRA_ARGS={env_quote(' '.join(flags))}\n"
+        f"KUBELET_EXTRA_ARGS={env_quote(' '.join(flags))}\n",
+        0o600,
     )
     return out
 

@@ -43,10 +43,14 @@ def test_rendered_files_match_golden(name: str) -> None:
             target = root / f.path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(f.content)
+    modes = "".join(f"{f.mode:04o} {path}\n" for path, f in sorted(rendered.items()))
+    if UPDATE:
+        (GOLDEN / f"{name}.modes").write_text(modes)
     golden = {"/" + os.fspath(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
     assert set(rendered) == golden, "run with HOSTBUILD_UPDATE_GOLDEN=1 after a deliberate change"
     for path, f in rendered.items():
         assert f.content == (root / path.lstrip("/")).read_bytes(), path
+    assert modes == (GOLDEN / f"{name}.modes").read_text()
 
 
 def test_extra_config_merges_into_kubelet_configuration() -> None:

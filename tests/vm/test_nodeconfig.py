@@ -18,6 +18,7 @@ import yaml
 
 from builder.build.toolstree import ToolsTree
 from builder.vm.qemu import VmConfig, boot_vm
+from tests import cis
 from tests.vm.image import BuiltImage, Node, SshKey, ssh_config
 
 pytestmark = pytest.mark.vm
@@ -98,6 +99,11 @@ def test_full_nodeconfig_configures_the_node(
             {"key": "example.com/dedicated", "value": "storage", "effect": "NoSchedule"}
         ]
         assert config["providerID"] == "metal:///rack-4/worker-1"
+        # the CIS Kubernetes Benchmark's worker node checks on the node's own files and kubelet's
+        # arguments (4.2.7, --hostname-override, is the documented exception: the config names
+        # the node)
+        results = cis.evaluate(cis.load_checks(), cis.HostNode(node.host, args))
+        assert not cis.unexpected(results), cis.report(results)
         assert "token: abcdef.0123456789abcdef" in node.sh(
             "cat /run/hostbuild/kubelet/bootstrap-kubeconfig"
         )
