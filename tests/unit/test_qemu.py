@@ -35,6 +35,71 @@ def option(argv: list[str], name: str) -> list[str]:
     return [argv[i + 1] for i, arg in enumerate(argv) if arg == name]
 
 
+# The default machine's command lines, generated from the harness before the machine definition
+# moved to qemu/machine.yaml: the file must describe exactly the VM the code used to build.
+PINNED_TCG = [
+    "qemu-system-x86_64",
+    "-machine", "q35",
+    "-accel", "tcg",
+    "-cpu", "max,svm=off,vmx=off",
+    "-smp", "2",
+    "-m", "2048",
+    "-no-user-config",
+    "-nodefaults",
+    "-display", "none",
+    "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "-drive", "if=pflash,format=raw,unit=1,file={w}/OVMF_VARS_4M.fd",
+    "-drive", "if=none,id=disk,file={w}/overlay.qcow2,format=qcow2,discard=unmap",
+    "-device", "virtio-blk-pci,drive=disk,bootindex=0",
+    "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22",
+    "-device", "virtio-net-pci,netdev=n0,romfile=",
+    "-chardev", "file,id=serial0,path={w}/serial.log",
+    "-serial", "chardev:serial0",
+    "-monitor", "none",
+    "-qmp", "unix:{w}/qmp.sock,server=on,wait=off",
+    "-pidfile", "{w}/qemu.pid",
+]  # fmt: skip
+PINNED_KVM_OVERRIDES = [
+    "qemu-system-x86_64",
+    "-machine", "q35",
+    "-accel", "kvm",
+    "-cpu", "host",
+    "-smp", "1",
+    "-m", "512",
+    "-no-user-config",
+    "-nodefaults",
+    "-display", "none",
+    "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "-drive", "if=pflash,format=raw,unit=1,file={w}/OVMF_VARS_4M.fd",
+    "-drive", "if=none,id=disk,file=/state/kept.qcow2,format=qcow2,discard=unmap",
+    "-device", "virtio-blk-pci,drive=disk,bootindex=0",
+    "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40000-:22",
+    "-device", "virtio-net-pci,netdev=n0,romfile=",
+    "-chardev", "file,id=serial0,path={w}/serial.log",
+    "-serial", "chardev:serial0",
+    "-monitor", "none",
+    "-qmp", "unix:{w}/qmp.sock,server=on,wait=off",
+    "-pidfile", "{w}/qemu.pid",
+    "-no-reboot",
+    "-smbios", "type=11,value=io.systemd.credential.binary:a=eA==",
+]  # fmt: skip
+
+
+def test_default_argv_is_pinned(tmp_path: Path) -> None:
+    files = VmFiles.create(tmp_path)
+    argv = qemu_argv(VmConfig(Path("/images/disk.raw")), files, Accelerator.TCG, 2222)
+    assert argv == [a.format(w=tmp_path) for a in PINNED_TCG]
+
+
+def test_default_argv_with_every_override_is_pinned(tmp_path: Path) -> None:
+    config = VmConfig(
+        Path("/images/disk.raw"), memory_mib=512, cpus=1, want_reboot=False,
+        credentials={"a": b"x"}, disk=Path("/state/kept.qcow2"),
+    )  # fmt: skip
+    argv = qemu_argv(config, VmFiles.create(tmp_path), Accelerator.KVM, 40000)
+    assert argv == [a.format(w=tmp_path) for a in PINNED_KVM_OVERRIDES]
+
+
 def test_qemu_argv_tcg(tmp_path: Path) -> None:
     files = VmFiles.create(tmp_path)
     argv = qemu_argv(VmConfig(tmp_path / "disk.raw"), files, Accelerator.TCG, 2222)
