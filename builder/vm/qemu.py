@@ -17,7 +17,6 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from builder.build.toolstree import OVMF_CODE, OVMF_VARS, ToolsTree
 from builder.errors import HostbuildError
 from builder.log import step
 from builder.run import Spawned, spawn
+from builder.vm.machine import Accelerator as Accelerator  # callers name it with VmConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,6 @@ STOP_TIMEOUT = 10.0
 SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the NUL
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 _ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
-
-
-class Accelerator(StrEnum):
-    TCG = "tcg"
-    KVM = "kvm"
-    AUTO = "auto"  # KVM only when a short probe boots firmware with it, else TCG
 
 
 class VmError(HostbuildError):
