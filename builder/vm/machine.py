@@ -72,7 +72,7 @@ class Disk:
 
 @dataclass(frozen=True)
 class Network:
-    """User networking with restrict=on: the guest reaches nothing but the forwarded SSH port."""
+    """User networking with restrict=on: the guest reaches nothing; SSH is forwarded to it."""
 
     restrict: bool  # must be true
     nic: str  # a -device value; the harness adds netdev=n0 after the model
@@ -163,8 +163,8 @@ def check_machine(machine: Machine) -> list[tuple[str, str]]:
     if not machine.network.restrict:
         issues.append((
             "network.restrict",
-            "must be true: no test traffic may leave the machine (user networking with "
-            "restrict=on reaches nothing but the forwarded SSH port)",
+            "must be true: no test traffic may leave the machine (with restrict=on the guest "
+            "reaches nothing; only the forwarded SSH port reaches the guest)",
         ))  # fmt: skip
     if machine.cpus < 1:
         issues.append(("cpus", f"expected a positive integer, got {machine.cpus!r}"))

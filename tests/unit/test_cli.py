@@ -194,7 +194,8 @@ def test_boot_refuses_a_machine_that_lets_traffic_out(
     assert result.exit_code == 2
     assert result.output == (
         f"Error: {machine}: network.restrict: must be true: no test traffic may leave the machine "
-        "(user networking with restrict=on reaches nothing but the forwarded SSH port)\n"
+        "(with restrict=on the guest reaches nothing; only the forwarded SSH port reaches the "
+        "guest)\n"
         "(1 problem in the machine file; fix them and run again)\n"
     )
     assert booted == [], "no VM starts"

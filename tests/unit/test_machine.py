@@ -112,8 +112,8 @@ BAD: dict[str, tuple[Callable[[dict[str, Any]], object], list[str]]] = {
     "cpus as a string": (_set("cpus", "2"), ["cpus: expected an integer, got '2' (a string)"]),
     "restrict off": (
         _set("network.restrict", False),
-        ["network.restrict: must be true: no test traffic may leave the machine (user networking "
-         "with restrict=on reaches nothing but the forwarded SSH port)"],
+        ["network.restrict: must be true: no test traffic may leave the machine (with "
+         "restrict=on the guest reaches nothing; only the forwarded SSH port reaches the guest)"],
     ),
     "restrict missing": (
         _drop("network.restrict"),
