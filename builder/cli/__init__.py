@@ -26,6 +26,7 @@ from builder.profile.load import display, list_profiles, load_profile
 from builder.profile.model import Debian, dump_profile
 from builder.profile.skew import supported_api_servers
 from builder.publish.cli import publish
+from builder.vm.machine import DEFAULT_MACHINE, load_machine
 from builder.vm.qemu import Accelerator, VmConfig, boot_vm
 from builder.vm.vmtest import run_smoke, run_suite
 
@@ -227,25 +228,33 @@ def _emit(data: dict[str, Any], as_json: bool) -> None:
     "--ssh-port", type=click.IntRange(0, 65535), default=0, show_default=True,
     help="Port on 127.0.0.1 forwarded to the guest's SSH (0: pick a free one).",
 )  # fmt: skip
-@click.option("--memory", type=click.IntRange(512), default=2048, show_default=True, help="MiB.")
-@click.option("--cpus", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option(
-    "--accel", type=click.Choice([a.value for a in Accelerator]), default="tcg", show_default=True,
-    help="tcg (software), kvm, or auto (kvm only if a short probe shows it works).",
+    "--machine", "machine_path", metavar="FILE", envvar="HOSTBUILD_QEMU_MACHINE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The test machine: QEMU machine type, CPU, firmware, devices, memory, networking "
+    "[env: HOSTBUILD_QEMU_MACHINE; default: qemu/machine.yaml of hostbuild's checkout].",
+)  # fmt: skip
+@click.option("--memory", type=click.IntRange(512), help="MiB [default: the machine file's].")
+@click.option("--cpus", type=click.IntRange(1, 64), help="[default: the machine file's].")
+@click.option(
+    "--accel", type=click.Choice([a.value for a in Accelerator]),
+    help="tcg (software), kvm, or auto (kvm only if a short probe shows it works) "
+    "[default: the machine file's].",
 )  # fmt: skip
 @pass_state
 def boot(
-    state: State, image_path: Path, ssh_key: Path | None, ssh_port: int, memory: int, cpus: int,
-    accel: str,
+    state: State, image_path: Path, ssh_key: Path | None, ssh_port: int,
+    machine_path: Path | None, memory: int | None, cpus: int | None, accel: str | None,
 ) -> None:  # fmt: skip
     """Boot an image under QEMU (UEFI, copy-on-write overlay) until Ctrl-C."""
+    machine = load_machine(machine_path or DEFAULT_MACHINE)
     mirrors = resolve_mirrors(Debian(release="trixie"))
     tools = ensure_tools_tree(state.cache, mirrors.main)
     credentials = {"ssh.authorized_keys.root": ssh_key.read_bytes()} if ssh_key else {}
     work = state.cache / "vms" / f"{image_path.stem}-{os.getpid()}"
     config = VmConfig(
-        image=image_path, memory_mib=memory, cpus=cpus, ssh_port=ssh_port,
-        credentials=credentials, accelerator=Accelerator(accel),
+        image=image_path, machine=machine, memory_mib=memory, cpus=cpus, ssh_port=ssh_port,
+        credentials=credentials, accelerator=Accelerator(accel) if accel else None,
     )  # fmt: skip
     with boot_vm(config, tools, work) as vm:
         click.echo(f"serial console: {vm.serial_log}", err=True)

@@ -1,6 +1,7 @@
 """The QEMU harness: boot an image on a throw-away overlay, watch its serial console, tear down.
 
-QEMU and OVMF come from the tools tree; the image itself is only ever read.
+The VM is the machine file's (qemu/machine.yaml); QEMU and OVMF come from the tools tree; the
+image itself is only ever read.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from builder.build.toolstree import OVMF_CODE, OVMF_VARS, ToolsTree
+from builder.build.toolstree import OVMF_VARS, ToolsTree
 from builder.errors import HostbuildError
 from builder.log import step
 from builder.run import Spawned, spawn
+from builder.vm.machine import Accelerator as Accelerator  # callers name it with VmConfig
+from builder.vm.machine import Machine, display, find_firmware, load_machine, with_option
 
 logger = logging.getLogger(__name__)
 
@@ -37,28 +39,23 @@ _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 _ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
 
 
-class Accelerator(StrEnum):
-    TCG = "tcg"
-    KVM = "kvm"
-    AUTO = "auto"  # KVM only when a short probe boots firmware with it, else TCG
-
-
 class VmError(HostbuildError):
     """The VM did not reach the state we waited for, or QEMU failed."""
 
 
 @dataclass(frozen=True)
 class VmConfig:
-    """One VM: the image it boots and how QEMU runs it."""
+    """One VM: the image it boots, the machine it boots on and what this boot changes."""
 
     image: Path
     image_format: str = "raw"
-    memory_mib: int = 2048
-    cpus: int = 2
+    machine: Machine = field(default_factory=load_machine)  # default: qemu/machine.yaml
+    memory_mib: int | None = None  # None: the machine's
+    cpus: int | None = None  # None: the machine's
     ssh_port: int = 0  # on 127.0.0.1; 0 picks a free port
     serial_log: Path | None = None  # default: serial.log in the VM's work directory
     credentials: Mapping[str, bytes] = field(default_factory=dict)  # systemd credentials
-    accelerator: Accelerator = Accelerator.TCG
+    accelerator: Accelerator | None = None  # None: the machine's
     # Boot counting needs a guest reboot to reach the firmware again; False adds -no-reboot,
     # so a reboot ends QEMU instead.
     want_reboot: bool = True
@@ -76,12 +73,16 @@ class VmFiles:
 
     workdir: Path
     serial_log: Path
+    vars: Path  # the VM's copy of the firmware variables, named like the machine's template
 
     @classmethod
-    def create(cls, workdir: Path, serial_log: Path | None = None) -> VmFiles:
+    def create(
+        cls, workdir: Path, serial_log: Path | None = None, firmware_vars: str = OVMF_VARS
+    ) -> VmFiles:
         workdir = workdir.absolute()
         workdir.mkdir(parents=True, exist_ok=True)
-        files = cls(workdir, (serial_log or workdir / "serial.log").absolute())
+        serial = (serial_log or workdir / "serial.log").absolute()
+        files = cls(workdir, serial, workdir / PurePosixPath(firmware_vars).name)
         files.serial_log.parent.mkdir(parents=True, exist_ok=True)
         if len(os.fsencode(files.qmp)) > SOCKET_PATH_MAX:
             raise VmError(
@@ -90,10 +91,6 @@ class VmFiles:
                 hint="use a shorter cache or work directory",
             )
         return files
-
-    @property
-    def vars(self) -> Path:
-        return self.workdir / "OVMF_VARS_4M.fd"
 
     @property
     def overlay(self) -> Path:
@@ -140,28 +137,30 @@ def smbios_credentials(credentials: Mapping[str, bytes]) -> list[str]:
 
 
 def qemu_argv(config: VmConfig, files: VmFiles, accelerator: Accelerator, port: int) -> list[str]:
-    """The QEMU command line; paths under /usr are the tools tree's."""
+    """The QEMU command line of the config's machine; paths under /usr are the tools tree's."""
     if accelerator is Accelerator.AUTO:
         raise ValueError("finalize the accelerator before building the QEMU command line")
-    # TCG: every CPU feature QEMU emulates (SHA, AES, AVX2: faster verity hashing and crypto),
-    # but no virtualization extensions: like a cloud VM, and the guest loads no KVM module
-    cpu = "host" if accelerator is Accelerator.KVM else "max,svm=off,vmx=off"
+    machine = config.machine
+    if not machine.network.restrict:  # load_machine refuses it; a Machine built in code may not
+        raise VmError(f"{machine.where('network.restrict')}: must be true")
+    drive = f"if=none,id=disk,file={config.overlay(files)},format=qcow2"
     argv = [
         "qemu-system-x86_64",
-        "-machine", "q35",
+        "-machine", machine.type,
         "-accel", accelerator.value,
-        "-cpu", cpu,
-        "-smp", str(config.cpus),
-        "-m", str(config.memory_mib),
+        "-cpu", machine.cpu.model(accelerator),
+        "-smp", str(machine.cpus if config.cpus is None else config.cpus),
+        "-m", str(machine.memory if config.memory_mib is None else config.memory_mib),
         "-no-user-config",
         "-nodefaults",
         "-display", "none",
-        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={machine.firmware.code}",
         "-drive", f"if=pflash,format=raw,unit=1,file={files.vars}",
-        "-drive", f"if=none,id=disk,file={config.overlay(files)},format=qcow2,discard=unmap",
-        "-device", "virtio-blk-pci,drive=disk,bootindex=0",
+        "-drive", f"{drive},{machine.disk.drive}" if machine.disk.drive else drive,
+        "-device", with_option(machine.disk.device, "drive=disk"),
         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-pci,netdev=n0,romfile=",
+        "-device", with_option(machine.network.nic, "netdev=n0"),
+        *(arg for device in machine.devices for arg in ("-device", device)),
         "-chardev", f"file,id=serial0,path={files.serial_log}",
         "-serial", "chardev:serial0",
         "-monitor", "none",
@@ -173,11 +172,15 @@ def qemu_argv(config: VmConfig, files: VmFiles, accelerator: Accelerator, port: 
     return argv + smbios_credentials(config.credentials)
 
 
-_kvm_verdicts: dict[Path, str | None] = {}
+_kvm_verdicts: dict[tuple[Path, Machine], str | None] = {}
 
 
 def finalize_accelerator(
-    requested: Accelerator, tools: ToolsTree, workdir: Path, kvm_device: Path = KVM_DEVICE
+    requested: Accelerator,
+    tools: ToolsTree,
+    workdir: Path,
+    machine: Machine,
+    kvm_device: Path = KVM_DEVICE,
 ) -> Accelerator:
     """TCG or KVM: "auto" is KVM only when the device exists and a probe boots firmware on it."""
     if requested is Accelerator.TCG:
@@ -193,17 +196,20 @@ def finalize_accelerator(
     if not usable:
         logger.info("%s is not usable: using TCG", kvm_device)
         return Accelerator.TCG
-    if tools.root not in _kvm_verdicts:
-        _kvm_verdicts[tools.root] = probe_kvm(tools, workdir)
-    reason = _kvm_verdicts[tools.root]
+    key = (tools.root, machine)
+    if key not in _kvm_verdicts:
+        _kvm_verdicts[key] = probe_kvm(tools, workdir, machine)
+    reason = _kvm_verdicts[key]
     if reason is not None:
         logger.info("KVM does not work here (%s): using TCG", reason)
         return Accelerator.TCG
     return Accelerator.KVM
 
 
-def probe_kvm(tools: ToolsTree, workdir: Path, timeout: float = KVM_PROBE_TIMEOUT) -> str | None:
-    """Why KVM fails here, or None once OVMF printed a boot-manager line on it.
+def probe_kvm(
+    tools: ToolsTree, workdir: Path, machine: Machine, timeout: float = KVM_PROBE_TIMEOUT
+) -> str | None:
+    """Why KVM fails here, or None once OVMF printed a boot-manager line on `machine` with it.
 
     Creating a KVM VM is not enough: on some nested hosts the first guest instructions fail or
     hang, so the probe runs the real firmware and gives up after `timeout` seconds.
@@ -213,7 +219,7 @@ def probe_kvm(tools: ToolsTree, workdir: Path, timeout: float = KVM_PROBE_TIMEOU
     empty = probe / "empty.raw"
     with empty.open("wb") as f:
         f.truncate(1 << 20)
-    config = VmConfig(empty, memory_mib=256, cpus=1, accelerator=Accelerator.KVM)
+    config = VmConfig(empty, machine=machine, memory_mib=256, cpus=1, accelerator=Accelerator.KVM)
     try:
         with boot_vm(config, tools, probe) as vm:
             vm.wait_for_serial("BdsDxe", timeout)
@@ -233,13 +239,16 @@ def boot_vm(config: VmConfig, tools: ToolsTree, workdir: Path) -> Iterator[Vm]:
     image = config.image.absolute()
     if not image.is_file():
         raise VmError(f"cannot boot {image}: no such image file")
-    files = VmFiles.create(workdir, config.serial_log)
+    machine = config.machine
+    _, template = find_firmware(machine, tools)
+    files = VmFiles.create(workdir, config.serial_log, machine.firmware.vars)
     vm: Vm | None = None
     try:
-        accelerator = finalize_accelerator(config.accelerator, tools, files.workdir)
+        requested = machine.accel if config.accelerator is None else config.accelerator
+        accelerator = finalize_accelerator(requested, tools, files.workdir, machine)
         port = config.ssh_port or pick_free_port()
-        with step(f"Starting QEMU ({accelerator}) on {image.name}"):
-            shutil.copyfile(tools.path(OVMF_VARS), files.vars)
+        with step(f"Starting QEMU ({accelerator}, {display(machine.source)}) on {image.name}"):
+            shutil.copyfile(template, files.vars)
             files.serial_log.unlink(missing_ok=True)
             overlay = config.overlay(files)
             if not (config.disk is not None and overlay.exists()):

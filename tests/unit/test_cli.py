@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+import builder.cli as cli_module
 from builder.build import image as image_module
 from builder.build.apt import Mirrors
+from builder.build.toolstree import ToolsTree
+from builder.vm.machine import DEFAULT_MACHINE, load_machine
+from builder.vm.qemu import Accelerator, VmConfig
 from tests.conftest import Cli
 from tests.standin import PROFILE, make_mirror
 
@@ -130,3 +138,70 @@ def test_doctor_reports_each_check(run_cli: Cli) -> None:
     assert result.exit_code in (0, 1)
     if result.exit_code == 1:
         assert "(run: apt-get install -y" in result.output or "MISSING" in result.output
+
+
+@pytest.fixture
+def booted(monkeypatch: pytest.MonkeyPatch) -> list[VmConfig]:
+    """`hostbuild boot` without a tools tree or QEMU: records the VmConfig it would boot."""
+    configs: list[VmConfig] = []
+
+    @contextlib.contextmanager
+    def boot_vm(config: VmConfig, tools: ToolsTree, work: Path) -> Iterator[Any]:
+        configs.append(config)
+        yield SimpleNamespace(serial_log=work / "serial.log", ssh_port=2222, exit_code=lambda: 0)
+
+    monkeypatch.setattr(cli_module, "resolve_mirrors", lambda debian: MIRRORS)
+    monkeypatch.setattr(cli_module, "ensure_tools_tree", lambda cache, mirror: ToolsTree(Path("/")))
+    monkeypatch.setattr(cli_module, "boot_vm", boot_vm)
+    return configs
+
+
+def test_boot_uses_the_default_machine(
+    run_cli: Cli, tmp_path: Path, booted: list[VmConfig]
+) -> None:
+    image = tmp_path / "disk.raw"
+    image.touch()
+    result = run_cli("boot", "--image", str(image))
+    assert result.exit_code == 0, result.output
+    [config] = booted
+    assert config.machine == load_machine(DEFAULT_MACHINE)
+    assert (config.memory_mib, config.cpus, config.accelerator) == (None, None, None)
+
+
+def test_boot_options_override_the_machine_file(
+    run_cli: Cli, tmp_path: Path, booted: list[VmConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = tmp_path / "disk.raw"
+    image.touch()
+    machine = tmp_path / "big.yaml"
+    machine.write_text(DEFAULT_MACHINE.read_text().replace("memory: 2048", "memory: 8192"))
+    monkeypatch.setenv("HOSTBUILD_QEMU_MACHINE", str(machine))
+    result = run_cli("boot", "--image", str(image), "--cpus", "4", "--accel", "auto")
+    assert result.exit_code == 0, result.output
+    [config] = booted
+    assert config.machine.source == machine and config.machine.memory == 8192
+    assert (config.memory_mib, config.cpus, config.accelerator) == (None, 4, Accelerator.AUTO)
+
+
+def test_boot_refuses_a_machine_that_lets_traffic_out(
+    run_cli: Cli, tmp_path: Path, booted: list[VmConfig]
+) -> None:
+    image = tmp_path / "disk.raw"
+    image.touch()
+    machine = tmp_path / "open.yaml"
+    machine.write_text(DEFAULT_MACHINE.read_text().replace("restrict: true", "restrict: false"))
+    result = run_cli("boot", "--image", str(image), "--machine", str(machine))
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: {machine}: network.restrict: must be true: no test traffic may leave the machine "
+        "(with restrict=on the guest reaches nothing; only the forwarded SSH port reaches the "
+        "guest)\n"
+        "(1 problem in the machine file; fix them and run again)\n"
+    )
+    assert booted == [], "no VM starts"
+
+
+def test_boot_help_names_the_machine_file_and_its_variable(run_cli: Cli) -> None:
+    result = run_cli("boot", "--help")
+    assert "HOSTBUILD_QEMU_MACHINE" in result.output
+    assert "qemu/machine.yaml" in result.output

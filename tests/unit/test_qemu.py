@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import socket
@@ -13,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from builder.build.toolstree import ToolsTree
+from builder.build.toolstree import OVMF_VARS, ToolsTree
 from builder.run import spawn
 from builder.vm import qemu
+from builder.vm.machine import DEFAULT_MACHINE, Machine, MachineError, load_machine
 from builder.vm.qemu import (
     Accelerator,
     Vm,
@@ -29,10 +31,159 @@ from builder.vm.qemu import (
     smbios_credentials,
 )
 
+MACHINE = load_machine()  # qemu/machine.yaml
+
 
 def option(argv: list[str], name: str) -> list[str]:
     """Every value given to `name` on a command line."""
     return [argv[i + 1] for i, arg in enumerate(argv) if arg == name]
+
+
+# The default machine's command lines, generated from the harness before the machine definition
+# moved to qemu/machine.yaml: the file must describe exactly the VM the code used to build.
+PINNED_TCG = [
+    "qemu-system-x86_64",
+    "-machine", "q35",
+    "-accel", "tcg",
+    "-cpu", "max,svm=off,vmx=off",
+    "-smp", "2",
+    "-m", "2048",
+    "-no-user-config",
+    "-nodefaults",
+    "-display", "none",
+    "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "-drive", "if=pflash,format=raw,unit=1,file={w}/OVMF_VARS_4M.fd",
+    "-drive", "if=none,id=disk,file={w}/overlay.qcow2,format=qcow2,discard=unmap",
+    "-device", "virtio-blk-pci,drive=disk,bootindex=0",
+    "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22",
+    "-device", "virtio-net-pci,netdev=n0,romfile=",
+    "-chardev", "file,id=serial0,path={w}/serial.log",
+    "-serial", "chardev:serial0",
+    "-monitor", "none",
+    "-qmp", "unix:{w}/qmp.sock,server=on,wait=off",
+    "-pidfile", "{w}/qemu.pid",
+]  # fmt: skip
+PINNED_KVM_OVERRIDES = [
+    "qemu-system-x86_64",
+    "-machine", "q35",
+    "-accel", "kvm",
+    "-cpu", "host",
+    "-smp", "1",
+    "-m", "512",
+    "-no-user-config",
+    "-nodefaults",
+    "-display", "none",
+    "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "-drive", "if=pflash,format=raw,unit=1,file={w}/OVMF_VARS_4M.fd",
+    "-drive", "if=none,id=disk,file=/state/kept.qcow2,format=qcow2,discard=unmap",
+    "-device", "virtio-blk-pci,drive=disk,bootindex=0",
+    "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40000-:22",
+    "-device", "virtio-net-pci,netdev=n0,romfile=",
+    "-chardev", "file,id=serial0,path={w}/serial.log",
+    "-serial", "chardev:serial0",
+    "-monitor", "none",
+    "-qmp", "unix:{w}/qmp.sock,server=on,wait=off",
+    "-pidfile", "{w}/qemu.pid",
+    "-no-reboot",
+    "-smbios", "type=11,value=io.systemd.credential.binary:a=eA==",
+]  # fmt: skip
+
+
+def test_default_argv_is_pinned(tmp_path: Path) -> None:
+    files = VmFiles.create(tmp_path)
+    argv = qemu_argv(VmConfig(Path("/images/disk.raw")), files, Accelerator.TCG, 2222)
+    assert argv == [a.format(w=tmp_path) for a in PINNED_TCG]
+
+
+def test_default_argv_with_every_override_is_pinned(tmp_path: Path) -> None:
+    config = VmConfig(
+        Path("/images/disk.raw"), memory_mib=512, cpus=1, want_reboot=False,
+        credentials={"a": b"x"}, disk=Path("/state/kept.qcow2"),
+    )  # fmt: skip
+    argv = qemu_argv(config, VmFiles.create(tmp_path), Accelerator.KVM, 40000)
+    assert argv == [a.format(w=tmp_path) for a in PINNED_KVM_OVERRIDES]
+
+
+def edited_machine(path: Path, *edits: tuple[str, str]) -> Machine:
+    """qemu/machine.yaml with lines replaced, as a user would edit it."""
+    text = DEFAULT_MACHINE.read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    return load_machine(path)
+
+
+def test_an_edited_machine_file_changes_the_argv(tmp_path: Path) -> None:
+    machine = edited_machine(
+        tmp_path / "machine.yaml",
+        ("memory: 2048", "memory: 4096"),
+        ("cpus: 2", "cpus: 4"),
+        ("tcg: max,svm=off,vmx=off", "tcg: qemu64"),
+        ("device: virtio-blk-pci,bootindex=0", "device: nvme,serial=hb0,bootindex=0"),
+        ("drive: discard=unmap", "drive: discard=unmap,cache=unsafe"),
+        ("nic: virtio-net-pci,romfile=", "nic: e1000"),
+        ("devices: []", "devices:\n  - virtio-rng-pci\n  - virtio-balloon-pci"),
+    )
+    files = VmFiles.create(tmp_path / "vm")
+    argv = qemu_argv(
+        VmConfig(Path("/images/disk.raw"), machine=machine), files, Accelerator.TCG, 2222
+    )
+    expected = [a.format(w=tmp_path / "vm") for a in PINNED_TCG]
+    changes = {
+        "max,svm=off,vmx=off": "qemu64",
+        "2": "4",
+        "2048": "4096",
+        f"if=none,id=disk,file={files.overlay},format=qcow2,discard=unmap":
+            f"if=none,id=disk,file={files.overlay},format=qcow2,discard=unmap,cache=unsafe",
+        "virtio-blk-pci,drive=disk,bootindex=0": "nvme,drive=disk,serial=hb0,bootindex=0",
+        "virtio-net-pci,netdev=n0,romfile=": "e1000,netdev=n0",
+    }  # fmt: skip
+    expected = [changes.get(a, a) for a in expected]
+    chardev = expected.index("-chardev")
+    expected[chardev:chardev] = ["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"]
+    assert argv == expected
+
+
+def test_a_boot_overrides_the_machine(tmp_path: Path) -> None:
+    machine = edited_machine(tmp_path / "m.yaml", ("memory: 2048", "memory: 4096"))
+    config = VmConfig(Path("/images/disk.raw"), machine=machine, memory_mib=1024, cpus=1)
+    argv = qemu_argv(config, VmFiles.create(tmp_path), Accelerator.KVM, 2222)
+    assert (option(argv, "-m"), option(argv, "-smp"), option(argv, "-cpu")) == (
+        ["1024"], ["1"], ["host"],
+    )  # fmt: skip
+
+
+def test_the_vars_copy_is_named_like_the_machines_template(tmp_path: Path) -> None:
+    secure = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+    machine = edited_machine(tmp_path / "m.yaml", (OVMF_VARS, secure))
+    files = VmFiles.create(tmp_path / "vm", firmware_vars=machine.firmware.vars)
+    assert files.vars == tmp_path / "vm" / "OVMF_VARS_4M.ms.fd"
+    argv = qemu_argv(VmConfig(Path("/images/disk.raw"), machine=machine), files, Accelerator.TCG, 1)
+    assert f"if=pflash,format=raw,unit=1,file={files.vars}" in argv
+
+
+def test_a_machine_without_restrict_never_runs(tmp_path: Path) -> None:
+    machine = dataclasses.replace(
+        MACHINE, network=dataclasses.replace(MACHINE.network, restrict=False)
+    )
+    with pytest.raises(VmError, match=r"qemu/machine\.yaml: network\.restrict: must be true"):
+        qemu_argv(
+            VmConfig(Path("/x"), machine=machine), VmFiles.create(tmp_path), Accelerator.TCG, 1
+        )
+
+
+def test_boot_vm_needs_the_machines_firmware(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    image.touch()
+    with (
+        pytest.raises(
+            MachineError, match=r"firmware\.code: '/usr/share/OVMF/OVMF_CODE_4M\.fd' is not"
+        ),
+        boot_vm(VmConfig(image), ToolsTree(tmp_path / "tree"), tmp_path / "vm"),
+    ):
+        pass
+    assert not (tmp_path / "vm").exists(), "nothing starts without the firmware"
 
 
 def test_qemu_argv_tcg(tmp_path: Path) -> None:
@@ -116,12 +267,12 @@ def test_pick_free_port_is_bindable() -> None:
 
 
 @pytest.fixture
-def no_probe(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+def no_probe(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Machine]]:
     """Replace the KVM probe (which starts QEMU) by a recorder that says KVM works."""
-    calls: list[Path] = []
+    calls: list[tuple[Path, Machine]] = []
 
-    def probe(tools: ToolsTree, workdir: Path) -> str | None:
-        calls.append(tools.root)
+    def probe(tools: ToolsTree, workdir: Path, machine: Machine) -> str | None:
+        calls.append((tools.root, machine))
         return None
 
     monkeypatch.setattr(qemu, "probe_kvm", probe)
@@ -129,9 +280,12 @@ def no_probe(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return calls
 
 
+def finalize(requested: Accelerator, tools: ToolsTree, device: Path) -> Accelerator:
+    return finalize_accelerator(requested, tools, tools.root, MACHINE, device)
+
+
 def test_auto_without_kvm_device_is_tcg(tmp_path: Path, no_probe: list[Path]) -> None:
-    tools = ToolsTree(tmp_path / "no-tree")
-    chosen = finalize_accelerator(Accelerator.AUTO, tools, tmp_path, tmp_path / "kvm")
+    chosen = finalize(Accelerator.AUTO, ToolsTree(tmp_path), tmp_path / "kvm")
     assert chosen is Accelerator.TCG
     assert no_probe == [], "no QEMU may start without /dev/kvm"
 
@@ -139,28 +293,29 @@ def test_auto_without_kvm_device_is_tcg(tmp_path: Path, no_probe: list[Path]) ->
 def test_tcg_is_never_probed(tmp_path: Path, no_probe: list[Path]) -> None:
     device = tmp_path / "kvm"
     device.touch()
-    tools = ToolsTree(tmp_path)
-    assert finalize_accelerator(Accelerator.TCG, tools, tmp_path, device) is Accelerator.TCG
+    assert finalize(Accelerator.TCG, ToolsTree(tmp_path), device) is Accelerator.TCG
     assert no_probe == []
 
 
 def test_explicit_kvm_without_device_fails(tmp_path: Path, no_probe: list[Path]) -> None:
     with pytest.raises(VmError, match="KVM was requested"):
-        finalize_accelerator(Accelerator.KVM, ToolsTree(tmp_path), tmp_path, tmp_path / "kvm")
+        finalize(Accelerator.KVM, ToolsTree(tmp_path), tmp_path / "kvm")
 
 
-def test_auto_probes_once_per_tree(
-    tmp_path: Path, no_probe: list[Path], monkeypatch: pytest.MonkeyPatch
+def test_auto_probes_once_per_tree_and_machine(
+    tmp_path: Path, no_probe: list[tuple[Path, Machine]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     device = tmp_path / "kvm"
     device.touch()
     tools = ToolsTree(tmp_path)
-    assert finalize_accelerator(Accelerator.AUTO, tools, tmp_path, device) is Accelerator.KVM
-    assert finalize_accelerator(Accelerator.AUTO, tools, tmp_path, device) is Accelerator.KVM
-    assert no_probe == [tmp_path]
-    monkeypatch.setattr(qemu, "probe_kvm", lambda tools, workdir: "KVM internal error")
-    other = ToolsTree(tmp_path / "other")
-    assert finalize_accelerator(Accelerator.AUTO, other, tmp_path, device) is Accelerator.TCG
+    assert finalize(Accelerator.AUTO, tools, device) is Accelerator.KVM
+    assert finalize(Accelerator.AUTO, tools, device) is Accelerator.KVM
+    assert no_probe == [(tmp_path, MACHINE)], "the probe boots the VM's own machine"
+    other_machine = dataclasses.replace(MACHINE, type="pc")
+    finalize_accelerator(Accelerator.AUTO, tools, tmp_path, other_machine, device)
+    assert no_probe[1:] == [(tmp_path, other_machine)]
+    monkeypatch.setattr(qemu, "probe_kvm", lambda tools, workdir, machine: "KVM internal error")
+    assert finalize(Accelerator.AUTO, ToolsTree(tmp_path / "other"), device) is Accelerator.TCG
 
 
 def test_boot_vm_needs_the_image(tmp_path: Path) -> None:

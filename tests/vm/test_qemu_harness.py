@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from builder.build.toolstree import ToolsTree
+from builder.vm.machine import DEFAULT_MACHINE, load_machine
 from builder.vm.qemu import Accelerator, VmConfig, VmError, boot_vm
 
 pytestmark = pytest.mark.vm
@@ -106,3 +107,21 @@ def test_auto_accelerator_boots_the_firmware(tools_tree: ToolsTree, tmp_path: Pa
     with boot_vm(config, tools_tree, tmp_path / "vm") as vm:
         assert vm.accelerator in (Accelerator.TCG, Accelerator.KVM)
         vm.wait_for_serial(BOOT_MANAGER, FIRMWARE_TIMEOUT)
+
+
+def test_an_edited_machine_file_is_the_vm(tools_tree: ToolsTree, tmp_path: Path) -> None:
+    """What the machine file says is what QEMU runs: memory, CPUs and an extra device."""
+    path = tmp_path / "machine.yaml"
+    text = DEFAULT_MACHINE.read_text()
+    for old, new in [("memory: 2048", "memory: 768"), ("cpus: 2", "cpus: 3"),
+                     ("devices: []", "devices:\n  - virtio-rng-pci,id=rng0")]:  # fmt: skip
+        assert old in text
+        text = text.replace(old, new)
+    path.write_text(text)
+    config = VmConfig(empty_disk(tmp_path / "empty.raw"), machine=load_machine(path))
+    with boot_vm(config, tools_tree, tmp_path / "vm") as vm:
+        vm.wait_for_serial(BOOT_MANAGER, FIRMWARE_TIMEOUT)
+        assert vm.qmp("query-memory-size-summary")["base-memory"] == 768 << 20
+        assert len(vm.qmp("query-cpus-fast")) == 3
+        rng = vm.qmp("qom-get", {"path": "/machine/peripheral/rng0", "property": "type"})
+        assert rng == "virtio-rng-pci"
