@@ -22,7 +22,7 @@ from builder.disk.slot import (
     prepare_tree,
     take_boot_files,
 )
-from builder.disk.uki import SlotRef, build_uki, compress_initrd, kernel_cmdline
+from builder.disk.uki import build_uki, compress_initrd, kernel_cmdline
 from builder.log import step
 from builder.profile.model import Profile
 
@@ -58,11 +58,8 @@ def assemble_image(
         kernel, initrd, kver = take_boot_files(tree, work / "boot")
     with step("Root slot: erofs (lz4hc) + dm-verity"):
         slot = make_slot(tree, work / "slot", tools, name=name, version=version, epoch=epoch)
-    layout = plan_layout(name, version, profile.name, slot.erofs.stat().st_size)
-    ref = SlotRef(
-        layout.by_role("root-a").partuuid, layout.by_role("root-a-verity").partuuid, slot.roothash
-    )
-    cmdline = kernel_cmdline(ref, profile.kernel.cmdline)
+    layout = plan_layout(name, version, profile.name, slot.erofs.stat().st_size, slot.roothash)
+    cmdline = kernel_cmdline(slot.roothash, profile.kernel.cmdline)
     with step("UKI (zstd initrd, ukify) and ESP (mtools)"):
         initrd = compress_initrd(tools, initrd)
         uki = build_uki(tools, tree, kernel, initrd, kver, cmdline, work / "uki" / f"{name}.efi")
@@ -72,7 +69,7 @@ def assemble_image(
         esp = build_esp(
             tools, work / "esp.img", ESP_SIZE, volume_id, tree, uki, uki_name, marker, epoch
         )
-    with step("Disk: GPT layout v1, raw and qcow2"):
+    with step(f"Disk: GPT layout v{layout.version}, raw and qcow2"):
         raw = assemble_disk(
             tools, layout, {"esp": esp, "root-a": slot.erofs, "root-a-verity": slot.verity},
             staging / f"{name}.raw",

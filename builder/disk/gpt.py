@@ -1,4 +1,4 @@
-"""GPT disk layout v1 and its assembly from partition images: sgdisk and dd on a sparse file.
+"""GPT disk layout v2 and its assembly from partition images: sgdisk and dd on a sparse file.
 
 No partition is ever mounted and no device-mapper is needed on the build host.
 """
@@ -6,13 +6,16 @@ No partition is ever mounted and no device-mapper is needed on the build host.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from builder.disk.slot import Tools, derived_uuid
 from builder.run import run
 
-LAYOUT_VERSION = 1
+# 2: a slot's partition UUIDs are its root hash's halves (DPS), so any UKI finds its slot by
+# `roothash=` alone; 1 named slot A by PARTUUIDs derived from the image name (no updates).
+LAYOUT_VERSION = 2
 MiB = 1 << 20
 GiB = 1 << 30
 ALIGN = MiB
@@ -67,8 +70,24 @@ def verity_size(slot: int) -> int:
     return _round_up(max(slot // 64, 16 * MiB), MiB)
 
 
-def plan_layout(name: str, version: str, image_id: str, root_bytes: int) -> Layout:
-    """Layout v1: ESP, root-a, root-a-verity, root-b, root-b-verity; /var is made at first boot."""
+def roothash_uuids(roothash: str) -> tuple[str, str]:
+    """The (root, verity) partition UUIDs of a slot holding this root hash.
+
+    Discoverable Partitions Specification: the root partition's UUID is the first 128 bits of
+    the dm-verity root hash, its verity partition's the last 128 bits; systemd's
+    veritysetup-generator finds both from `roothash=` alone.
+    """
+    if len(roothash) != 64 or any(c not in "0123456789abcdef" for c in roothash):
+        raise ValueError(f"not a sha256 root hash: {roothash!r}")
+    return str(uuid.UUID(hex=roothash[:32])), str(uuid.UUID(hex=roothash[32:]))
+
+
+def plan_layout(name: str, version: str, image_id: str, root_bytes: int, roothash: str) -> Layout:
+    """Layout v2: ESP, root-a, root-a-verity, root-b, root-b-verity; /var is made at first boot.
+
+    Slot A's partition UUIDs come from its root hash; slot B's are placeholders until an update
+    writes it (and sets them from the new root hash).
+    """
     slot, verity = slot_size(root_bytes), verity_size(slot_size(root_bytes))
     label = f"{image_id}_{version}"
     roles = [
@@ -78,9 +97,10 @@ def plan_layout(name: str, version: str, image_id: str, root_bytes: int) -> Layo
         ("root-b", EMPTY_LABEL, ROOT_TYPE, slot),
         ("root-b-verity", EMPTY_LABEL, VERITY_TYPE, verity),
     ]
+    fixed = dict(zip(("root-a", "root-a-verity"), roothash_uuids(roothash), strict=True))
     partitions, start = [], ALIGN
     for number, (role, part_label, type_guid, size) in enumerate(roles, start=1):
-        partuuid = str(derived_uuid(name, version, "partition", role))
+        partuuid = fixed.get(role) or str(derived_uuid(name, version, "partition", role))
         partitions.append(Partition(number, role, part_label, type_guid, partuuid, start, size))
         start += size
     disk_size = _round_up(start + MIN_VAR + ALIGN, GiB)

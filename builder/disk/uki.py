@@ -1,9 +1,8 @@
-"""The Unified Kernel Image of one version: kernel + initrd + a command line bound to one slot."""
+"""The Unified Kernel Image of one version: kernel + initrd + a command line bound to one root."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from builder.disk.slot import Tools
@@ -11,22 +10,17 @@ from builder.disk.slot import Tools
 STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 
 
-@dataclass(frozen=True)
-class SlotRef:
-    """What a UKI's command line names: the slot's partitions and the root hash."""
+def kernel_cmdline(roothash: str, profile_args: tuple[str, ...]) -> str:
+    """Root through dm-verity on the slot holding this root hash, on whatever disk; failures
+    reboot so boot counting falls back.
 
-    data_partuuid: str
-    hash_partuuid: str
-    roothash: str
-
-
-def kernel_cmdline(slot: SlotRef, profile_args: tuple[str, ...]) -> str:
-    """Root through dm-verity on exactly this slot; failures reboot so boot counting falls back."""
+    Nothing disk-specific: the initrd's veritysetup-generator finds the slot's root and verity
+    partitions by the UUIDs the root hash gives them (layout v2), so an update's UKI boots the
+    slot it was written to.
+    """
     args = [
         "root=/dev/mapper/root", "rootfstype=erofs", "ro",
-        f"roothash={slot.roothash}",
-        f"systemd.verity_root_data=/dev/disk/by-partuuid/{slot.data_partuuid}",
-        f"systemd.verity_root_hash=/dev/disk/by-partuuid/{slot.hash_partuuid}",
+        f"roothash={roothash}",
         "systemd.verity_root_options=panic-on-corruption",
         # a device of the initrd missing for a minute fails it: it reboots (no emergency shell)
         "systemd.firstboot=no", "rd.systemd.default_device_timeout_sec=60",

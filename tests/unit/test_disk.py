@@ -1,4 +1,4 @@
-"""Layout v1: sizes, order, types, derived GUIDs; assembly into a sparse raw file with sgdisk."""
+"""Layout v2: sizes, order, types, derived GUIDs; assembly into a sparse raw file with sgdisk."""
 
 from __future__ import annotations
 
@@ -16,17 +16,19 @@ from builder.disk.gpt import (
     MiB,
     assemble_disk,
     plan_layout,
+    roothash_uuids,
     slot_size,
 )
 from builder.disk.slot import DPKG_DB, prepare_tree
-from builder.disk.uki import SlotRef, kernel_cmdline
+from builder.disk.uki import kernel_cmdline
 from builder.run import run
 
 HOST = ToolsTree(Path("/"))
+H = "5a" * 16 + "a5" * 16  # a root hash
 
 
 def test_layout_v1_order_types_and_labels() -> None:
-    layout = plan_layout("worker-1.2.3-4", "1.2.3-4", "worker", 300 * MiB)
+    layout = plan_layout("worker-1.2.3-4", "1.2.3-4", "worker", 300 * MiB, H)
     assert [p.role for p in layout.partitions] == [
         "esp", "root-a", "root-a-verity", "root-b", "root-b-verity",
     ]  # fmt: skip
@@ -51,9 +53,9 @@ def test_slots_have_twice_the_root_and_a_floor() -> None:
 
 
 def test_guids_are_derived_not_random() -> None:
-    a = plan_layout("worker-1.2.3-4", "1.2.3-4", "worker", 300 * MiB)
-    b = plan_layout("worker-1.2.3-4", "1.2.3-4", "worker", 300 * MiB)
-    c = plan_layout("worker-1.2.3-5", "1.2.3-5", "worker", 300 * MiB)
+    a = plan_layout("worker-1.2.3-4", "1.2.3-4", "worker", 300 * MiB, H)
+    b = plan_layout("worker-1.2.3-4", "1.2.3-4", "worker", 300 * MiB, H)
+    c = plan_layout("worker-1.2.3-5", "1.2.3-5", "worker", 300 * MiB, H)
     assert a == b
     assert a.disk_guid != c.disk_guid
     assert len({p.partuuid for p in a.partitions}) == 5
@@ -61,7 +63,7 @@ def test_guids_are_derived_not_random() -> None:
 
 @pytest.mark.skipif(shutil.which("sgdisk") is None, reason="sgdisk is not installed")
 def test_assemble_writes_gpt_and_contents(tmp_path: Path) -> None:
-    layout = plan_layout("t-1.0.0-1", "1.0.0-1", "t", 10 * MiB)
+    layout = plan_layout("t-1.0.0-1", "1.0.0-1", "t", 10 * MiB, H)
     esp = tmp_path / "esp.img"
     esp.write_bytes(b"E" * MiB)
     erofs = tmp_path / "root.erofs"
@@ -79,7 +81,7 @@ def test_assemble_writes_gpt_and_contents(tmp_path: Path) -> None:
 
 
 def test_oversized_content_is_refused(tmp_path: Path) -> None:
-    layout = plan_layout("t-1.0.0-1", "1.0.0-1", "t", 10 * MiB)
+    layout = plan_layout("t-1.0.0-1", "1.0.0-1", "t", 10 * MiB, H)
     big = tmp_path / "big"
     with big.open("wb") as f:
         f.truncate(layout.by_role("esp").size + 1)
@@ -87,15 +89,29 @@ def test_oversized_content_is_refused(tmp_path: Path) -> None:
         assemble_disk(HOST, layout, {"esp": big}, tmp_path / "disk.raw")
 
 
-def test_kernel_cmdline_binds_the_slot() -> None:
-    cmdline = kernel_cmdline(SlotRef("data-uuid", "hash-uuid", "ab" * 32), ("console=ttyS0",))
+def test_kernel_cmdline_names_the_root_hash_and_no_disk() -> None:
+    cmdline = kernel_cmdline("ab" * 32, ("console=ttyS0",))
     args = cmdline.split()
     assert args[:3] == ["root=/dev/mapper/root", "rootfstype=erofs", "ro"]
     assert f"roothash={'ab' * 32}" in args
-    assert "systemd.verity_root_data=/dev/disk/by-partuuid/data-uuid" in args
-    assert "systemd.verity_root_hash=/dev/disk/by-partuuid/hash-uuid" in args
+    assert not [a for a in args if "partuuid" in a or a.startswith("systemd.verity_root_d")]
+    assert not [a for a in args if a.startswith("systemd.verity_root_hash")]
     assert "systemd.verity_root_options=panic-on-corruption" in args
     assert args[-1] == "console=ttyS0"
+
+
+def test_slot_a_partition_uuids_are_the_root_hash_halves() -> None:
+    roothash = "0123456789abcdef" * 4
+    layout = plan_layout("worker-1.2.3-4", "1.2.3-4", "worker", 300 * MiB, roothash)
+    assert layout.version == 2
+    assert layout.by_role("root-a").partuuid == "01234567-89ab-cdef-0123-456789abcdef"
+    assert layout.by_role("root-a-verity").partuuid == "01234567-89ab-cdef-0123-456789abcdef"
+    other = "f" * 32 + "0" * 32
+    assert roothash_uuids(other) == (
+        "ffffffff-ffff-ffff-ffff-ffffffffffff", "00000000-0000-0000-0000-000000000000",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="not a sha256 root hash"):
+        roothash_uuids("ab" * 31)
 
 
 def test_prepare_tree_drops_what_names_the_build(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def test_boot_completes_and_the_entry_is_blessed(node: Node, image: BuiltImage) 
     assert "hostbuild" in node.sh("bootctl status --no-pager")
 
 
-def test_disk_layout_v1(node: Node, image: BuiltImage) -> None:
+def test_disk_layout_v2(node: Node, image: BuiltImage) -> None:
     columns = "NAME,PARTUUID,PARTTYPE,PARTLABEL,START,SIZE"
     table = json.loads(node.sh(f"lsblk --json --bytes -o {columns} /dev/vda"))
     parts = table["blockdevices"][0]["children"]
@@ -65,7 +66,13 @@ def test_disk_layout_v1(node: Node, image: BuiltImage) -> None:
     disk_bytes = int(node.sh("blockdev --getsize64 /dev/vda"))
     assert var["start"] * 512 + var["size"] >= disk_bytes - 2 * 2**20  # /var fills the disk
     esp = node.sh("bootctl --print-esp-path").strip()
-    assert node.sh(f"cat {esp}/loader/hostbuild-layout") == "layout 1\n"
+    assert node.sh(f"cat {esp}/loader/hostbuild-layout") == "layout 2\n"
+    # the slot was found by its root hash alone: the UUIDs are its halves (DPS)
+    roothash = image.manifest["roothash"]
+    assert str(uuid.UUID(hex=roothash[:32])) == parts[1]["partuuid"]
+    assert str(uuid.UUID(hex=roothash[32:])) == parts[2]["partuuid"]
+    cmdline = node.sh("cat /proc/cmdline")
+    assert f"roothash={roothash}" in cmdline and "partuuid" not in cmdline
 
 
 def test_root_is_dm_verity_and_read_only(node: Node, image: BuiltImage) -> None:
@@ -224,13 +231,10 @@ def test_a_failing_initrd_reboots_and_falls_back(
 ) -> None:
     """A newer UKI whose root partition never appears: a reboot (no shell), the old entry."""
     cmdline = image.manifest["kernel"]["cmdline"]
-    bogus = "00000000-0000-4000-8000-00000000b0b0"
-    # the slot's data partition is missing: the initrd waits for it (10 s here), then gives up
-    bad_cmdline = re.sub(
-        r"systemd\.verity_root_data=\S+",
-        f"systemd.verity_root_data=/dev/disk/by-partuuid/{bogus}",
-        cmdline,
-    )
+    bogus = "b0b0" * 16
+    # no slot holds this root hash, so no partition has its UUIDs: the initrd waits for them
+    # (10 s here), then gives up
+    bad_cmdline = re.sub(r"roothash=\S+", f"roothash={bogus}", cmdline)
     bad = build_uki_variant(image, tools_tree, tmp_path, "9.9.9-2",
                             f"{bad_cmdline} rd.systemd.default_device_timeout_sec=10")  # fmt: skip
     with booted(image.raw, tools_tree, tmp_path / "vm", key) as vm:
