@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from builder.update.publish import (
 )
 from builder.update.repository import refresh_repository, root_metadata
 from tests.awsmock import fake_credentials, moto_server, reset_moto
+from tests.conftest import Cli
 from tests.updaterepo import client, fetch, make_build, new_repository, serve, tree
 
 
@@ -163,3 +165,15 @@ def test_publish_to_a_missing_bucket(repo: Path, s3: str) -> None:
     with pytest.raises(HostbuildError, match="S3 ListObjectsV2 on s3://nope: NoSuchBucket") as e:
         publish_repository(repo, dest)
     assert e.value.hint == "create the bucket 'nope' first"
+
+
+def test_publish_to_s3_from_the_cli(repo: Path, s3: str, run_cli: Cli) -> None:
+    argv = ["-q", "repo", "publish", os.fspath(repo), "--to", "s3://updates/r", "--json"]
+    result = run_cli(*argv, "--endpoint-url", s3, "--region", "us-east-1")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["destination"] == "s3://updates/r"
+    assert record["copied"][-1] == "metadata/timestamp.json"
+    assert record["skipped"] == []
+    result = run_cli(*argv, "--endpoint-url", s3, "--region", "us-east-1")
+    assert json.loads(result.stdout)["copied"] == []
