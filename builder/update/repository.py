@@ -99,6 +99,7 @@ def root_metadata(repository: Path) -> bytes:
 @contextlib.contextmanager
 def locked(repository: Path) -> Iterator[None]:
     """One command at a time changes a repository (a cron refresh next to an add)."""
+    load_settings(repository)  # not a repository: say so, and leave no lock file behind
     path = repository / LOCK
     with path.open("a") as f:
         try:
@@ -128,7 +129,13 @@ def _load(path: Path, kind: type[S]) -> Metadata[S]:
 def open_repository(path: Path) -> Repository:
     """Load the current metadata of the repository at `path`."""
     settings = load_settings(path)
-    root = _load(metadata_path(path, "root", _versions(path, "root")[-1]), Root)
+    roots = _versions(path, "root") if (path / METADATA).is_dir() else []
+    if not roots:
+        raise HostbuildError(
+            f"{path / METADATA} holds no root metadata",
+            hint="the repository is incomplete; restore it from a copy",
+        )
+    root = _load(metadata_path(path, "root", roots[-1]), Root)
     timestamp = _load(metadata_path(path, "timestamp", 0), Timestamp)
     snapshot = _load(
         metadata_path(path, "snapshot", timestamp.signed.snapshot_meta.version), Snapshot

@@ -225,6 +225,9 @@ def test_root_metadata_is_the_newest_root(tmp_path: Path) -> None:
 def test_commands_on_a_directory_that_is_no_repository(tmp_path: Path) -> None:
     with pytest.raises(HostbuildError, match="is not a hostbuild update repository"):
         refresh_repository(tmp_path, KeyStore((tmp_path / "keys",)))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(HostbuildError, match="is not a hostbuild update repository"):
+        refresh_repository(tmp_path / "missing", KeyStore((tmp_path / "keys",)))
 
 
 def test_a_failed_init_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,3 +242,16 @@ def test_a_failed_init_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         init_repository(path, keys, expiry=DEFAULT_EXPIRY, thresholds=ONE, key_counts=ONE)
     assert not path.exists()
     assert list((tmp_path / "keys").iterdir()) == []
+
+
+def test_refresh_root_extends_its_expiry_in_a_new_version(tmp_path: Path) -> None:
+    path, keys = new_repository(tmp_path)
+    old_root = root_metadata(path)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=300)
+    assert refresh_repository(path, keys, ["root"], now=later).signed == {"root": 2}
+    assert (
+        open_repository(path).root.signed.expires
+        == later.replace(microsecond=0) + (DEFAULT_EXPIRY["root"])
+    )
+    with serve(path) as url:
+        client(tmp_path / "node", url, old_root).refresh()
