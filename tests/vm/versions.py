@@ -66,19 +66,22 @@ def set_version(tree: Path, image_id: str, version: str) -> None:
 
 def derive_version(
     image: BuiltImage, tools: ToolsTree, work: Path, version: str, *,
-    upgrade_from: str | None = None, extra_files: dict[str, str] | None = None,
+    upgrade_from: str | None = None, extra_files: dict[str, tuple[str, int]] | None = None,
+    extra_cmdline: tuple[str, ...] = (),
 ) -> TestVersion:  # fmt: skip
-    """Version `version` of `image`: its tree with the new os-release, MARKER and extra files."""
+    """Version `version` of `image`: its tree with the new os-release, MARKER and extra files
+    (path: (content, mode)), its command line with `extra_cmdline` appended."""
     base = load_build(image.output)
     image_id = image.manifest["profile"]
     name = f"{image_id}-{version}"
     shutil.rmtree(work, ignore_errors=True)
     tree = extract_root(base, tools, work / "extract")
     set_version(tree, image_id, version)
-    for path, content in (extra_files or {}).items():
+    for path, (content, mode) in (extra_files or {}).items():
         target = tree / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
+        target.chmod(mode)
     epoch = int(image.manifest["source_date_epoch"])
     slot = make_slot(tree, work / "slot", tools, name=name, version=version, epoch=epoch,
                      compressor="lz4")  # fmt: skip
@@ -89,7 +92,7 @@ def derive_version(
         a for a in image.manifest["kernel"]["cmdline"].split()
         if a not in ours and not a.startswith("roothash=")
     )  # fmt: skip
-    cmdline = kernel_cmdline(slot.roothash, profile_args)
+    cmdline = kernel_cmdline(slot.roothash, (*profile_args, *extra_cmdline))
     kver = image.manifest["kernel"]["release"]
     uki = build_uki(tools, tree, kernel, initrd, kver, cmdline, work / "uki" / f"{name}.efi")
     output = work / "output"
