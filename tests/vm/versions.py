@@ -22,9 +22,8 @@ from builder.disk.esp import uki_filename
 from builder.disk.payload import build_payload
 from builder.disk.slot import make_slot
 from builder.disk.uki import build_uki, kernel_cmdline
-from builder.run import run
 from tests.reproducible import extract_root, load_build
-from tests.vm.image import BuiltImage
+from tests.vm.image import BuiltImage, uki_sections
 
 MARKER = "/usr/lib/hostbuild/test-version"
 
@@ -33,23 +32,6 @@ MARKER = "/usr/lib/hostbuild/test-version"
 class TestVersion:
     output: Path
     manifest: dict[str, Any]
-
-
-def uki_sections(image: BuiltImage, tools: ToolsTree, work: Path) -> tuple[Path, Path]:
-    """The kernel and initrd of the image's UKI (taken out of its update payload)."""
-    name = image.manifest["name"]
-    work.mkdir(parents=True, exist_ok=True)
-    run(["zstd", "-q", "-d", "-f", image.output / f"{name}.update" / f"{name}.efi.zst",
-         "-o", work / "base.efi"])  # fmt: skip
-    tools.run(["python3", "-c", (
-        "import pefile, sys\n"
-        "pe = pefile.PE(sys.argv[1])\n"
-        "for s in pe.sections:\n"
-        "    n = s.Name.rstrip(b'\\0').decode()\n"
-        "    if n in ('.linux', '.initrd'):\n"
-        "        open(sys.argv[2] + n, 'wb').write(s.get_data()[:s.Misc_VirtualSize])\n"
-    ), work / "base.efi", work / "section"], binds=[work])  # fmt: skip
-    return work / "section.linux", work / "section.initrd"
 
 
 def set_version(tree: Path, image_id: str, version: str) -> None:
@@ -85,7 +67,7 @@ def derive_version(
     epoch = int(image.manifest["source_date_epoch"])
     slot = make_slot(tree, work / "slot", tools, name=name, version=version, epoch=epoch,
                      compressor="lz4")  # fmt: skip
-    kernel, initrd = uki_sections(image, tools, work / "uki-base")
+    kernel, initrd = uki_sections(image, tools, work / "uki-base", ".linux", ".initrd")
     # the profile's own arguments: what the image's command line has beyond hostbuild's
     ours = set(kernel_cmdline("0" * 64, ()).split())
     profile_args = tuple(
