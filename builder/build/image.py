@@ -39,6 +39,7 @@ from builder.build.lock import inputs_digest, load_lock, lock_path, tree_digest
 from builder.build.manifest import write_manifest
 from builder.build.sbom import build_sbom
 from builder.build.toolstree import ensure_tools_tree
+from builder.build.trust import ROOT_PATH, load_update_root, root_digest
 from builder.disk.assemble import assemble_image, source_date_epoch, write_json
 from builder.errors import HostbuildError
 from builder.log import step
@@ -58,6 +59,7 @@ class BuildOptions:
     cache: Path
     artifact_mirror: str | None = None
     lock: Path | None = None  # default: next to the profile
+    update_root: Path | None = None  # the update repository's root.json the image trusts
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,14 @@ def image_name(profile: Profile, build: int | None = None) -> str:
 HOSTBUILD_SOURCES = (ELEMENTS_DIR, Path(__file__).parents[1])
 
 
-def build_inputs(plan: Plan, archive: str) -> dict[str, Any]:
+def build_inputs(plan: Plan, archive: str, update_root: bytes | None = None) -> dict[str, Any]:
     """Everything that decides the image's content: what the build number is derived from."""
     return {
         "profile": yaml.safe_load(dump_profile(plan.profile)),
         "artifacts": {a.name: {"version": a.version, "sha256": a.sha256} for a in plan.artifacts},
         "debian_archive": archive,
         "hostbuild": tree_digest(*HOSTBUILD_SOURCES),
+        "update_root": root_digest(update_root),
     }
 
 
@@ -168,6 +171,7 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
     workdir = options.cache / "work" / f"{image_name(profile)}-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     plan = plan_build(profile, options, workdir)
+    update_root = load_update_root(options.update_root) if options.update_root else None
     try:
         with step("Check inputs"):
             fetched = fetch_all(plan.artifacts, Cache(options.cache), options.artifact_mirror)
@@ -176,7 +180,7 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
                 logger.info("  %s %s: %s", item.artifact.name, item.artifact.version, origin)
             state = archive_state(plan.mirrors, profile.debian.release)
             lock = load_lock(options.lock or lock_path(profile.path))
-            inputs = inputs_digest(build_inputs(plan, state))
+            inputs = inputs_digest(build_inputs(plan, state, update_root))
             build = lock.build_number(parse_os_version(profile.version), inputs)
             name = image_name(profile, build)
             tools = ensure_tools_tree(options.cache, plan.mirrors.main)
@@ -185,6 +189,8 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
         with staged_output(options.output) as staging:
             with step("Render elements"):
                 files = config_files(profile, build) + binary_files(fetched)
+                if update_root is not None:
+                    files.append(ImageFile("hostbuild-base", ROOT_PATH, update_root))
                 (workdir / "tmp").mkdir(parents=True)
                 (workdir / "debian.sources").write_text(
                     plan.mirrors.sources(profile.debian.release)
@@ -209,6 +215,7 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
             manifest.update(
                 name=name, version=version, os_version=profile.version,
                 build_number=build, inputs_digest=inputs, lock=os.fspath(lock.path),
+                update_root=root_digest(update_root),
                 **assembly.record,
             )  # fmt: skip
             sbom = write_json(staging / f"{name}.spdx.json", build_sbom(manifest, epoch))

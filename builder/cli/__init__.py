@@ -162,6 +162,12 @@ def artifacts_fetch(state: State, profile_ref: str, artifact_mirror: str | None)
     help="The lock the build number is derived from and recorded in "
     "[default: PROFILE.lock.json next to the profile].",
 )  # fmt: skip
+@click.option(
+    "--update-root", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+    envvar="HOSTBUILD_UPDATE_ROOT",
+    help="The TUF root.json of the update repository the image trusts (env HOSTBUILD_UPDATE_ROOT) "
+    "[default: none: the node takes no updates].",
+)  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the resolved inputs and the DIB command.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
 @pass_state
@@ -171,13 +177,14 @@ def image(
     output: Path | None,
     artifact_mirror: str | None,
     lock: Path | None,
+    update_root: Path | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
     """Build the disk image of a profile: raw, qcow2, update payload, manifest and SBOM."""
     profile = load_profile(profile_ref)
     output = (output or Path("output") / profile.name).absolute()
-    options = BuildOptions(output, state.cache, artifact_mirror, lock)
+    options = BuildOptions(output, state.cache, artifact_mirror, lock, update_root)
     if dry_run:
         plan = plan_build(profile, options, state.cache / "work" / f"{image_name(profile)}-PID")
         _emit(plan.describe() | {"output": os.fspath(output)}, as_json)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -62,9 +63,38 @@ class VmConfig:
     # A qcow2 overlay of `image` kept across VMs (created on first use, never removed), so a
     # second VM boots the disk the first one left, with other credentials; None: a throw-away one.
     disk: Path | None = None
+    # Host services on 127.0.0.1 the guest may reach at these addresses (e.g. an update repository)
+    guest_forwards: tuple[GuestForward, ...] = ()
 
     def overlay(self, files: VmFiles) -> Path:
         return self.disk.absolute() if self.disk is not None else files.overlay
+
+
+@dataclass(frozen=True)
+class GuestForward:
+    """A guest address whose TCP connections QEMU forwards to a service on the host's loopback.
+
+    The only way out of the guest's restricted network: the guest reaches `host_port` on
+    127.0.0.1, never anything beyond this machine.
+    """
+
+    guest_addr: str  # in QEMU's user network, 10.0.2.0/24, not one of its own addresses
+    guest_port: int
+    host_port: int
+
+    def option(self) -> str:
+        net = ipaddress.ip_network("10.0.2.0/24")
+        reserved = {"10.0.2.2", "10.0.2.3", "10.0.2.4", "10.0.2.15"}  # gateway, DNS, SMB, guest
+        try:
+            addr = ipaddress.ip_address(self.guest_addr)
+        except ValueError:
+            addr = None
+        if addr is None or addr not in net or self.guest_addr in reserved:
+            raise VmError(
+                f"guest forward address {self.guest_addr!r} is not a free address of 10.0.2.0/24",
+                hint="use e.g. 10.0.2.100 (QEMU keeps .2, .3, .4 and .15 for itself)",
+            )
+        return f"guestfwd=tcp:{self.guest_addr}:{self.guest_port}-tcp:127.0.0.1:{self.host_port}"
 
 
 @dataclass(frozen=True)
@@ -158,7 +188,10 @@ def qemu_argv(config: VmConfig, files: VmFiles, accelerator: Accelerator, port: 
         "-drive", f"if=pflash,format=raw,unit=1,file={files.vars}",
         "-drive", f"{drive},{machine.disk.drive}" if machine.disk.drive else drive,
         "-device", with_option(machine.disk.device, "drive=disk"),
-        "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-netdev", ",".join([
+            "user,id=n0,restrict=on", f"hostfwd=tcp:127.0.0.1:{port}-:22",
+            *(forward.option() for forward in config.guest_forwards),
+        ]),
         "-device", with_option(machine.network.nic, "netdev=n0"),
         *(arg for device in machine.devices for arg in ("-device", device)),
         "-chardev", f"file,id=serial0,path={files.serial_log}",

@@ -20,6 +20,7 @@ from builder.vm import qemu
 from builder.vm.machine import DEFAULT_MACHINE, Machine, MachineError, load_machine
 from builder.vm.qemu import (
     Accelerator,
+    GuestForward,
     Vm,
     VmConfig,
     VmError,
@@ -447,3 +448,17 @@ def test_a_persistent_disk_is_the_drive_and_survives_teardown(tmp_path: Path) ->
     disk.write_bytes(b"state")
     files.remove()
     assert disk.read_bytes() == b"state"
+
+
+def test_guest_forwards_reach_only_the_hosts_loopback(tmp_path: Path) -> None:
+    forward = GuestForward("10.0.2.100", 80, 8431)
+    config = VmConfig(Path("/images/disk.raw"), guest_forwards=(forward,))
+    argv = qemu_argv(config, VmFiles.create(tmp_path), Accelerator.TCG, 2222)
+    netdev = argv[argv.index("-netdev") + 1]
+    assert netdev == (
+        "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"
+        "guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8431"
+    )
+    for bad in ("10.0.2.2", "10.0.3.100", "192.168.1.1", "updates.example.com"):
+        with pytest.raises(VmError, match="is not a free address of 10.0.2.0/24"):
+            GuestForward(bad, 80, 8431).option()

@@ -99,6 +99,23 @@ def quote(*args: str) -> str:
     return shlex.join(args)
 
 
+def uki_sections(image: BuiltImage, tools: ToolsTree, work: Path, *names: str) -> list[Path]:
+    """Sections of the image's UKI (taken out of its update payload), e.g. `.linux`, `.initrd`."""
+    name = image.manifest["name"]
+    work.mkdir(parents=True, exist_ok=True)
+    run(["zstd", "-q", "-d", "-f", image.output / f"{name}.update" / f"{name}.efi.zst",
+         "-o", work / "image.efi"])  # fmt: skip
+    tools.run(["python3", "-c", (
+        "import pefile, sys\n"
+        "pe = pefile.PE(sys.argv[1])\n"
+        "for s in pe.sections:\n"
+        "    n = s.Name.rstrip(b'\\0').decode()\n"
+        "    if n in sys.argv[3:]:\n"
+        "        open(sys.argv[2] + n, 'wb').write(s.get_data()[:s.Misc_VirtualSize])\n"
+    ), work / "image.efi", work / "section", *names], binds=[work])  # fmt: skip
+    return [work / f"section{n}" for n in names]
+
+
 def build_uki_variant(
     image: BuiltImage, tools: ToolsTree, work: Path, version: str, cmdline: str
 ) -> Path:
@@ -107,25 +124,14 @@ def build_uki_variant(
     It carries the image's own kernel and initrd (taken out of the built UKI), so only the
     command line differs from what the image boots.
     """
-    name = image.manifest["name"]
-    run(["zstd", "-q", "-d", "-f", image.output / f"{name}.update" / f"{name}.efi.zst",
-         "-o", work / "good.efi"])  # fmt: skip
-    tools.run(["python3", "-c", (
-        "import pefile, sys\n"
-        "pe = pefile.PE(sys.argv[1])\n"
-        "for s in pe.sections:\n"
-        "    n = s.Name.rstrip(b'\\0').decode()\n"
-        "    if n in ('.linux', '.initrd', '.osrel'):\n"
-        "        open(sys.argv[2] + n, 'wb').write(s.get_data()[:s.Misc_VirtualSize])\n"
-    ), work / "good.efi", work / "section"], binds=[work])  # fmt: skip
-    osrel = (work / "section.osrel").read_bytes().rstrip(b"\0").decode()
-    lines = [line for line in osrel.splitlines() if not line.startswith("IMAGE_VERSION=")]
+    linux, initrd, osrel = uki_sections(image, tools, work, ".linux", ".initrd", ".osrel")
+    text = osrel.read_bytes().rstrip(b"\0").decode()
+    lines = [line for line in text.splitlines() if not line.startswith("IMAGE_VERSION=")]
     (work / "os-release").write_text("\n".join([*lines, f"IMAGE_VERSION={version}"]) + "\n")
     out = work / f"variant-{version}.efi"
     tools.run([
-        "ukify", "build", f"--linux={work / 'section.linux'}",
-        f"--initrd={work / 'section.initrd'}", f"--os-release=@{work / 'os-release'}",
-        f"--cmdline={cmdline}", f"--output={out}",
+        "ukify", "build", f"--linux={linux}", f"--initrd={initrd}",
+        f"--os-release=@{work / 'os-release'}", f"--cmdline={cmdline}", f"--output={out}",
     ], binds=[work])  # fmt: skip
     return out
 
