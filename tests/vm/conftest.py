@@ -12,6 +12,7 @@ from builder.build.apt import host_mirrors
 from builder.build.toolstree import ToolsTree, ensure_tools_tree, host_is_new_enough
 from tests.conftest import skip_marked
 from tests.vm.image import BuiltImage, SshKey, build_standin_image, make_ssh_key
+from tests.vm.updaterepo import UpdateRepo, make_repo
 
 
 def cache_dir() -> Path:
@@ -51,9 +52,16 @@ def tools_tree() -> ToolsTree:
 
 
 @pytest.fixture(scope="session")
-def image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
-    """The stand-in worker image, built once per test run (or HOSTBUILD_TEST_IMAGE_DIR)."""
-    return build_standin_image(cache_dir(), tmp_path_factory.mktemp("image"))
+def update_repo(tmp_path_factory: pytest.TempPathFactory) -> UpdateRepo:
+    """The update repository the session's image trusts (its keys are made for this run)."""
+    return make_repo(tmp_path_factory.mktemp("update-repo"))
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory, update_repo: UpdateRepo) -> BuiltImage:
+    """The stand-in worker image, built once per test run (or HOSTBUILD_TEST_IMAGE_DIR), which
+    trusts the session's update repository."""
+    return build_standin_image(cache_dir(), tmp_path_factory.mktemp("image"), update_repo.root)
 
 
 @pytest.fixture(scope="session")

@@ -32,8 +32,9 @@ class BuiltImage:
         return self.output / f"{self.manifest['name']}.raw"
 
 
-def build_standin_image(cache: Path, work: Path) -> BuiltImage:
-    """`hostbuild image` of the stand-in worker (or HOSTBUILD_TEST_IMAGE_DIR, already built)."""
+def build_standin_image(cache: Path, work: Path, update_root: Path | None = None) -> BuiltImage:
+    """`hostbuild image` of the stand-in worker (or HOSTBUILD_TEST_IMAGE_DIR, already built),
+    trusting the update repository of `update_root`."""
     if existing := os.environ.get("HOSTBUILD_TEST_IMAGE_DIR"):
         output = Path(existing)
     else:
@@ -43,6 +44,7 @@ def build_standin_image(cache: Path, work: Path) -> BuiltImage:
             "--cache-dir", os.fspath(cache), "image", "--profile", os.fspath(PROFILE),
             "--output", os.fspath(output), "--artifact-mirror", os.fspath(mirror),
             "--lock", os.fspath(work / "standin.lock.json"),
+            *(["--update-root", os.fspath(update_root)] if update_root else []),
         ], catch_exceptions=False)  # fmt: skip
         assert result.exit_code == 0, result.output
     return BuiltImage(output, json.loads((output / "manifest.json").read_text()))

@@ -1,0 +1,163 @@
+"""Atomic in-place updates on a booted node: v1 -> v2 (slot B) -> v3 (slot A), then a bad v4.
+
+One disk goes through every boot (QEMU restarts keep it), as a node's disk would. The versions
+after v1 are test versions derived from the session's image (tests/vm/versions.py), put into the
+session's update repository with `hostbuild repo add` and served on 127.0.0.1, which the guest
+reaches at http://10.0.2.100/ (its only way out of its restricted network).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from builder.build.toolstree import ToolsTree
+from builder.vm.qemu import VmConfig, boot_vm
+from tests.vm.image import BuiltImage, Node, SshKey, ssh_config
+from tests.vm.updaterepo import GUEST_URL, UpdateRepo, serving
+from tests.vm.versions import MARKER, derive_version
+
+pytestmark = pytest.mark.vm
+
+BOOT_TIMEOUT = 400.0
+V2, V3, V4 = "0.1.1-1", "0.1.2-1", "0.1.3-1"
+FAILING_PROBE = "#!/bin/sh\necho 'this version fails its health gate' >&2\nexit 1\n"
+
+
+def nodeconfig(key: SshKey) -> bytes:
+    config = {
+        "apiVersion": "hostbuild.dev/v1alpha1", "kind": "NodeConfig",
+        "spec": {
+            "admin": {"sshAuthorizedKeys": [key.public.strip()]},
+            "updates": {"repository": GUEST_URL, "channel": "stable"},
+        },
+    }  # fmt: skip
+    return yaml.safe_dump(config).encode()
+
+
+@contextmanager
+def node_on(
+    image: BuiltImage, tools: ToolsTree, work: Path, disk: Path, key: SshKey, repo: UpdateRepo
+) -> Iterator[Node]:
+    work.mkdir(parents=True)
+    with serving(repo.served) as forward:
+        config = VmConfig(image=image.raw, credentials={"hostbuild.nodeconfig": nodeconfig(key)},
+                          serial_log=work / "serial.log", disk=disk,
+                          guest_forwards=(forward,))  # fmt: skip
+        with boot_vm(config, tools, work) as vm:
+            vm.wait_for_ssh(BOOT_TIMEOUT)
+            node = Node(vm, ssh_config(work / "ssh_config", vm.ssh_port, key))
+            node.wait_for("systemctl is-active multi-user.target")
+            yield node
+            vm.poweroff()
+
+
+def update_json(node: Node, verb: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(node.sh(f"hostbuild-node update {verb} --json"))
+    return result
+
+
+def reboot(node: Node) -> None:
+    node.host.run("systemctl reboot")
+    time.sleep(15)
+    node.vm.wait_for_ssh(BOOT_TIMEOUT)
+    node.wait_for("systemctl is-active multi-user.target")
+
+
+def running(node: Node) -> tuple[str, str]:
+    """The running version (os-release) and the partition under / (through dm-verity)."""
+    release = dict(
+        line.split("=", 1)
+        for line in node.sh("cat /usr/lib/os-release").splitlines()
+        if "=" in line
+    )
+    slave = node.sh("ls /sys/block/$(basename $(readlink -f /dev/mapper/root))/slaves").split()
+    return release["IMAGE_VERSION"], " ".join(sorted(slave))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"no {what} within {timeout:g} s"
+        time.sleep(2)
+
+
+def entries(node: Node) -> list[str]:
+    linux = node.sh("bootctl --print-esp-path").strip() + "/EFI/Linux"
+    return sorted(node.sh(f"ls {linux}").split())
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("update-disk") / "node.qcow2"
+
+
+@pytest.mark.destructive
+def test_updates_alternate_slots_and_a_failed_version_rolls_back(
+    image: BuiltImage, key: SshKey, tools_tree: ToolsTree, update_repo: UpdateRepo,
+    disk: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    v1 = image.manifest["version"]
+    profile = image.manifest["profile"]
+    derived = tmp_path / "versions"
+    v2 = derive_version(image, tools_tree, derived / "v2", V2, upgrade_from=v1)
+    update_repo.add(v2.output)
+    with node_on(image, tools_tree, tmp_path / "boot1", disk, key, update_repo) as node:
+        assert running(node)[0] == v1
+        machine_id = node.sh("cat /etc/machine-id").strip()
+        node.sh("echo kept > /var/lib/hostbuild/update-test && sync")
+        node.wait_for("systemctl is-active systemd-bless-boot.service")
+        check = update_json(node, "check")
+        assert check["chosen"] == V2, check
+        applied = update_json(node, "apply")
+        assert applied["staged"] == V2, applied
+        assert f"{profile}_{V2}+3.efi" in entries(node)
+        slot_a = running(node)[1]
+        reboot(node)
+        version, slot = running(node)
+        assert version == V2 and slot != slot_a  # v2 runs from the other slot
+        assert node.sh(f"cat {MARKER}").strip() == V2
+        assert node.sh("cat /var/lib/hostbuild/update-test").strip() == "kept"
+        assert node.sh("cat /etc/machine-id").strip() == machine_id
+        assert f"roothash={v2.manifest['roothash']}" in node.sh("cat /proc/cmdline")
+        node.wait_for("systemctl is-active systemd-bless-boot.service")
+        assert f"{profile}_{V2}.efi" in entries(node)  # blessed: no counter left
+
+        v3 = derive_version(image, tools_tree, derived / "v3", V3, upgrade_from=V2)
+        update_repo.add(v3.output)
+        assert update_json(node, "apply")["staged"] == V3
+        reboot(node)
+        version, slot = running(node)
+        assert version == V3 and slot == slot_a  # back in slot A
+        node.wait_for("systemctl is-active systemd-bless-boot.service")
+        installed = entries(node)
+        assert not [e for e in installed if e.startswith(f"{profile}_{v1}")]  # v1 is gone
+        assert f"{profile}_{V2}.efi" in installed and f"{profile}_{V3}.efi" in installed
+
+        # v4 fails its health gate (a probe that fails, a short deadline): the node comes back
+        # on v3 by itself within the tries, records v4 as failed and never takes it again
+        v4 = derive_version(
+            image, tools_tree, derived / "v4", V4, upgrade_from=V3,
+            extra_files={"/etc/hostbuild/health.d/50-fail": (FAILING_PROBE, 0o755)},
+            extra_cmdline=("hostbuild.health_deadline=20",),
+        )  # fmt: skip
+        update_repo.add(v4.output)
+        assert update_json(node, "apply")["staged"] == V4
+        node.host.run("systemctl reboot")
+        wait_until(lambda: node.vm.serial_text().count("hostbuild-health: UNHEALTHY") >= 3,
+                   3 * BOOT_TIMEOUT, "three failed tries of v4")  # fmt: skip
+        time.sleep(15)
+        node.vm.wait_for_ssh(BOOT_TIMEOUT)
+        node.wait_for("systemctl is-active multi-user.target")
+        assert running(node)[0] == V3
+        status = update_json(node, "status")
+        assert V4 in {f["version"] for f in status["failed"]}, status
+        again = update_json(node, "check")
+        assert again.get("chosen") is None, again
