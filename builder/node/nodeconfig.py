@@ -14,8 +14,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
 from .check import AnyKey, Checker, InvalidConfig, Issue, describe, join_path, kind_of, shorten
 from .model import (
     DAYS,
@@ -36,6 +34,7 @@ from .model import (
     Updates,
     Window,
 )
+from .yamlsafe import YamlError, load_yaml
 
 API_GROUP = "hostbuild.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -97,12 +96,9 @@ MAX_DEADLINE = 7200
 def parse_text(text: str | bytes) -> NodeConfig:
     """Parse and validate NodeConfig YAML; raises InvalidConfig with every issue."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise InvalidConfig([Issue("", f"not valid YAML{where}: {problem}")]) from None
+        data = load_yaml(text)
+    except YamlError as e:
+        raise InvalidConfig([Issue(e.path, e.message)]) from None
     return parse(data)
 
 
@@ -167,9 +163,9 @@ def _cluster(c: Checker, value: Any, path: str) -> Cluster:
 
 def _check_kubeconfig(c: Checker, text: str, path: str) -> None:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        c.add(path, "is not valid YAML")
+        data = load_yaml(text)
+    except YamlError as e:
+        c.add(path, f"is not a valid kubeconfig: {e.message}")
         return
     if not (isinstance(data, dict) and data.get("kind") == "Config"):
         c.add(path, "must be a kubeconfig (YAML with 'kind: Config')")

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from builder.errors import Issue, ProfileError
 from builder.node.check import join_path
+from builder.node.yamlsafe import YamlError, load_yaml
 from builder.profile.checks import check_profile, check_versions
 from builder.profile.model import Profile
 from builder.profile.schema import INVALID, convert
@@ -65,7 +64,7 @@ def _read_layers(ref: str, issues: list[Issue]) -> list[_Layer]:
             break
         seen.append(resolved)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path.read_bytes())
         except FileNotFoundError:
             names = ", ".join(p.stem for p in list_profiles())
             if layers:
@@ -74,11 +73,8 @@ def _read_layers(ref: str, issues: list[Issue]) -> list[_Layer]:
             else:
                 issues.append(Issue(display(path), "", f"no such profile; profiles: {names}"))
             break
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or str(e)
-            issues.append(Issue(display(path), "", f"not valid YAML{where}: {problem}"))
+        except YamlError as e:
+            issues.append(Issue(display(path), e.path, e.message))
             break
         if data is None:
             data = {}

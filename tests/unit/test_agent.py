@@ -157,6 +157,20 @@ def test_unparsable_user_data(node: Node) -> None:
     ]
 
 
+def test_user_data_that_is_not_utf8_or_repeats_a_key(node: Node) -> None:
+    node.user_data(FULL.replace(b"name: worker-1", b"name: w\xf6rker-1"))
+    status = node.apply()
+    assert (status["ok"], status["kubelet"]) == (False, "not configured")
+    assert status["errors"] == [
+        "not UTF-8: byte 0xf6 at line 22, column 12 is not valid UTF-8 (save the file as UTF-8)"
+    ]
+    node.user_data(FULL.replace(b"  node:\n", b"  node:\n    name: worker-2\n"))
+    assert node.apply()["errors"] == [
+        "spec.node.name: duplicate key 'name' (lines 22 and 23); a key may appear once in a "
+        "mapping (YAML would keep only the last)"
+    ]
+
+
 def test_no_source_at_all(node: Node) -> None:
     status = node.apply()
     assert (status["ok"], status["source"], status["digest"]) == (True, None, None)
