@@ -144,3 +144,25 @@ def test_cli_validate_mime_user_data_without_our_part(run_cli: Cli, tmp_path: Pa
     result = run_cli("nodeconfig", "validate", str(user_data))
     assert result.exit_code == 2
     assert "multi-part user-data without a NodeConfig part" in result.output
+
+
+def test_cli_names_the_file_as_given(run_cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "x" / "bad.yaml"
+    bad.parent.mkdir()
+    bad.write_bytes((NODECONFIG / "bad_yaml.yaml").read_bytes())
+    result = run_cli("nodeconfig", "validate", str(bad))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: {bad}: not valid YAML at line 5, column 1: ")
+
+
+def test_cli_render_into_a_directory_that_cannot_be_made(run_cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out"
+    result = run_cli(
+        "nodeconfig", "validate", "tests/data/nodeconfig/full.yaml", "--render", str(out)
+    )
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-2:] == [
+        f"Error: cannot render into {out}: {out}/run/hostbuild: Not a directory",
+        "(give --render a directory you can write to)",
+    ]
