@@ -13,7 +13,7 @@ from builder.node.check import InvalidConfig
 from builder.node.model import NodeConfig
 from builder.node.nodeconfig import parse_text
 from builder.node.render import RUN, install_outputs, render_outputs
-from builder.node.sources import Platform, SourceError, extract_nodeconfig
+from builder.node.sources import Platform, SourceError, extract_nodeconfig, read_capped
 from builder.profile.model import Profile
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def load_nodeconfig(path: Path) -> NodeConfig:
     """Read and validate a NodeConfig (or user-data holding one) as the node agent would."""
     name = os.fspath(path)  # as the user gave it
     try:
-        data = extract_nodeconfig(path.read_bytes())
+        data = extract_nodeconfig(read_capped(path))
     except OSError as e:
         raise NodeConfigError([Issue(name, "", f"cannot be read: {e.strerror}")]) from None
     except SourceError as e:

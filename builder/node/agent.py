@@ -26,7 +26,7 @@ from .command import run as run_command
 from .model import NodeConfig
 from .nodeconfig import parse_text
 from .render import install_outputs, render_outputs
-from .sources import Discovery, SourceError, Sources, discover, extract_nodeconfig
+from .sources import Discovery, SourceError, Sources, discover, extract_nodeconfig, read_capped
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def show_status(root: Path, as_json: bool) -> int:
 def validate_file(path: Path) -> int:
     """Print every issue of a NodeConfig (or user-data holding one); 2 when invalid."""
     try:
-        data = extract_nodeconfig(path.read_bytes())
+        data = extract_nodeconfig(read_capped(path))
         if data is None:
             raise SourceError("multi-part user-data without a NodeConfig part")
         parse_text(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import gzip
 import json
 import os
 import shutil
@@ -168,6 +169,16 @@ def test_user_data_that_is_not_utf8_or_repeats_a_key(node: Node) -> None:
     assert node.apply()["errors"] == [
         "spec.node.name: duplicate key 'name' (lines 22 and 23); a key may appear once in a "
         "mapping (YAML would keep only the last)"
+    ]
+
+
+def test_a_gzip_bomb_is_an_error_the_node_reports(node: Node) -> None:
+    node.user_data(gzip.compress(bytes(1 << 20)) * 64)  # 64 KiB that expand to 64 MiB
+    status = node.apply()
+    assert (status["ok"], status["source"], status["kubelet"]) == (False, None, "not configured")
+    assert status["errors"] == [
+        f"credential {node.creds}/hostbuild.nodeconfig: user-data is gzip that expands to over "
+        "1 MiB; decompressed user-data may be at most 1 MiB (all its gzip together)"
     ]
 
 

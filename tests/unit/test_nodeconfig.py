@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,15 @@ def test_cli_render_into_a_directory_that_cannot_be_made(run_cli: Cli, tmp_path:
         f"Error: cannot render into {out}: {out}/run/hostbuild: Not a directory",
         "(give --render a directory you can write to)",
     ]
+
+
+def test_cli_validate_refuses_a_gzip_bomb(run_cli: Cli, tmp_path: Path) -> None:
+    bomb = tmp_path / "user-data"
+    bomb.write_bytes(gzip.compress(bytes(1 << 20)) * 900)  # 900 MiB from under 1 MiB
+    result = run_cli("nodeconfig", "validate", str(bomb))
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: {bomb}: user-data is gzip that expands to over 1 MiB; decompressed user-data "
+        "may be at most 1 MiB (all its gzip together)\n"
+        "(1 problem in the NodeConfig; fix them and run again)\n"
+    )
