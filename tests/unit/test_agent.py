@@ -182,6 +182,19 @@ def test_a_gzip_bomb_is_an_error_the_node_reports(node: Node) -> None:
     ]
 
 
+def test_a_key_credential_that_is_not_utf8_is_a_warning(node: Node) -> None:
+    node.user_data(FULL)
+    (node.creds / "ssh.authorized_keys.root").write_bytes(b"ssh-ed25519 AAAA r\xf6ot@example\n")
+    status = node.apply()
+    assert status["ok"] is True
+    assert status["warnings"] == [
+        f"credential {node.creds}/ssh.authorized_keys.root: not UTF-8: byte 0xf6 at line 1, "
+        "column 19 is not valid UTF-8 (save the file as UTF-8); its keys are not installed"
+    ]
+    keys = (node.run / "ssh/authorized_keys.root").read_text()
+    assert keys.startswith("ssh-ed25519 ") and "r\ufffdot" not in keys  # the NodeConfig's key
+
+
 def test_no_source_at_all(node: Node) -> None:
     status = node.apply()
     assert (status["ok"], status["source"], status["digest"]) == (True, None, None)
