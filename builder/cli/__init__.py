@@ -107,7 +107,8 @@ def profiles(ctx: click.Context) -> None:
         for path in list_profiles():
             try:
                 profile = load_profile(os.fspath(path))
-                click.echo(f"{path.stem:<16} {profile.version:<10} {profile.description}")
+                description = " ".join(profile.description.split())  # one line of the table
+                click.echo(f"{path.stem:<16} {profile.version:<10} {description}")
             except HostbuildError:
                 click.echo(f"{path.stem:<16} {'-':<10} (invalid: run 'hostbuild profiles show')")
 

@@ -16,15 +16,16 @@ from builder.profile.skew import RULES, evaluate_skew
 from builder.profile.versions import parse_os_version
 
 SUPPORTED_RELEASES = ("trixie",)
-DEBIAN_VERSION = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")
-UPSTREAM_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$")
-DEBIAN_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-MODULE = re.compile(r"^[A-Za-z0-9_-]+$")
-SYSCTL = re.compile(r"^[a-z0-9_-]+([./][A-Za-z0-9_-]+)+$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-MODE = re.compile(r"^0?[0-7]{3}$")
-FLAG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?%|[0-9]+(\.[0-9]+)?([KMGTPE]i?)?)$")
+# patterns end in \Z, not $: $ also matches before a final line break
+DEBIAN_VERSION = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*\Z")
+UPSTREAM_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?\Z")
+DEBIAN_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+\Z")
+MODULE = re.compile(r"^[A-Za-z0-9_-]+\Z")
+SYSCTL = re.compile(r"^[a-z0-9_-]+([./][A-Za-z0-9_-]+)+\Z")
+SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+MODE = re.compile(r"^0?[0-7]{3}\Z")
+FLAG = re.compile(r"^[a-z0-9][a-z0-9-]*\Z")
+QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?%|[0-9]+(\.[0-9]+)?([KMGTPE]i?)?)\Z")
 EVICTION_SIGNALS = (
     "memory.available", "nodefs.available", "nodefs.inodesFree", "imagefs.available",
     "imagefs.inodesFree", "containerfs.available", "containerfs.inodesFree", "pid.available",
