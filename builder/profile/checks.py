@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from builder.build.artifacts import load_catalogue
 from builder.build.lock import load_lock, lock_path
+from builder.profile.cmdline import check_cmdline
 from builder.profile.components import KINDS, package_of, sha256_of, template_of
 from builder.profile.model import Component, Kubelet, Profile, Source
 from builder.profile.skew import RULES, evaluate_skew
@@ -73,12 +74,19 @@ def _check_os(profile: Profile) -> Found:
     for i, package in enumerate(profile.debian.packages):
         if not DEBIAN_PACKAGE.match(package):
             yield f"debian.packages[{i}]", f"{package!r} is not a Debian package name"
+    yield from check_cmdline(profile.kernel.cmdline)
     for i, module in enumerate(profile.kernel.modules):
         if not MODULE.match(module):
             yield f"kernel.modules[{i}]", f"{module!r} is not a kernel module name"
-    for key in profile.sysctls:
+    for key, value in profile.sysctls.items():
         if not SYSCTL.match(key):
             yield f"sysctls[{key!r}]", f"{key!r} is not a sysctl name (like 'net.ipv4.ip_forward')"
+        elif key.replace("/", ".") == "kernel.panic" and str(value).strip() == "0":
+            yield (
+                f"sysctls[{key!r}]",
+                "0 would leave a node hung after a panic (a dm-verity corruption) instead of "
+                "rebooting into the previous entry; allowed: seconds > 0, or < 0 for at once",
+            )
     for i, file in enumerate(profile.files):
         if not file.path.startswith(FILE_ROOTS) or "/../" in file.path:
             yield (
