@@ -126,3 +126,12 @@ def test_an_unreadable_or_huge_profile_is_an_issue(tmp_path: Path) -> None:
         locked.write_text("description: x\n")
         locked.chmod(0)
         assert issues_of(str(locked)) == [f"{locked}: cannot be read: Permission denied"]
+
+
+def test_the_file_name_must_make_an_image_name(tmp_path: Path) -> None:
+    bad = tmp_path / "My Worker.yaml"
+    bad.write_text("extends: worker\n")
+    assert issues_of(str(bad)) == [
+        f"{bad}: the file name makes the image name 'My Worker'; allowed: a-z 0-9 . _ - (it is "
+        "os-release's IMAGE_ID, and names the image's partitions and boot entry)"
+    ]
