@@ -31,6 +31,7 @@ from builder.vm.vmtest import run_smoke, run_suite
 
 logger = logging.getLogger(__name__)
 
+MAX_KEYS = 64 << 10  # authorized_keys lines: a few hundred bytes each
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hostbuild"
 
 
@@ -240,9 +241,9 @@ def boot(
     accel: str,
 ) -> None:  # fmt: skip
     """Boot an image under QEMU (UEFI, copy-on-write overlay) until Ctrl-C."""
+    credentials = {"ssh.authorized_keys.root": _public_keys(ssh_key)} if ssh_key else {}
     mirrors = resolve_mirrors(Debian(release="trixie"))
     tools = ensure_tools_tree(state.cache, mirrors.main)
-    credentials = {"ssh.authorized_keys.root": ssh_key.read_bytes()} if ssh_key else {}
     work = state.cache / "vms" / f"{image_path.stem}-{os.getpid()}"
     config = VmConfig(
         image=image_path, memory_mib=memory, cpus=cpus, ssh_port=ssh_port,
@@ -254,6 +255,20 @@ def boot(
         while vm.exit_code() is None:
             time.sleep(1)
         click.echo(f"QEMU exited with code {vm.exit_code()}", err=True)
+
+
+def _public_keys(path: Path) -> bytes:
+    """The authorized_keys lines of --ssh-key: never a private key, never a huge file."""
+    with path.open("rb") as f:
+        data = f.read(MAX_KEYS + 1)
+    if len(data) > MAX_KEYS:
+        raise click.BadParameter(f"{path} is over {MAX_KEYS >> 10} KiB", param_hint="--ssh-key")
+    if b"PRIVATE KEY" in data:
+        raise click.BadParameter(
+            f"{path} is a private key; give the public one (like {path}.pub)",
+            param_hint="--ssh-key",
+        )
+    return data
 
 
 @cli.command("test")

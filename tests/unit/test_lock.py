@@ -78,3 +78,11 @@ def test_build_number_covers_what_decides_the_image() -> None:
     assert covered(
         Path(elements.__file__).parents[1] / "node" / "agent.py"
     )  # copied into the image
+
+
+def test_a_lock_that_is_a_directory_or_not_utf8_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(HostbuildError, match="not a hostbuild lock file: .*Is a directory"):
+        load_lock(tmp_path)
+    (tmp_path / "x.lock.json").write_bytes(b"\xff")
+    with pytest.raises(HostbuildError, match="not a hostbuild lock file: 'utf-8' codec"):
+        load_lock(tmp_path / "x.lock.json")
