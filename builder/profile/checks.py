@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import string
 import urllib.parse
 from collections.abc import Iterator
+from typing import Any
 
 from builder.build.artifacts import load_catalogue
 from builder.build.lock import load_lock, lock_path
+from builder.node.check import describe, join_path
 from builder.node.nodeconfig import DNS_NAME, IMAGE_REF
 from builder.profile.cmdline import check_cmdline
 from builder.profile.components import KINDS, package_of, sha256_of, template_of
@@ -256,6 +259,7 @@ def _check_kubelet(kubelet: Kubelet) -> Found:
             )
         if not QUANTITY.match(value):
             yield path, f"{value!r} is not a quantity ('100Mi') or a percentage ('10%')"
+    yield from _check_plain(kubelet.extra_config, "kubelet.extra_config")
     for key in kubelet.extra_config:
         if key in MANAGED_CONFIG:
             typed = MANAGED_CONFIG[key]
@@ -274,6 +278,27 @@ def _check_kubelet(kubelet: Kubelet) -> Found:
                 f"{value!r} must be one word without whitespace, quotes or backslashes (it goes "
                 "onto kubelet's ExecStart= line)",
             )
+
+
+def _check_plain(value: Any, path: str) -> Found:
+    """Free-form data is what JSON holds too: it goes into the manifest and the build inputs."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = join_path(path, str(key))
+            if not isinstance(key, str):
+                yield where, f"keys must be strings, got {describe(key)}"
+            yield from _check_plain(item, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _check_plain(item, join_path(path, i))
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield path, f"{value!r} is not a finite number"
+    elif value is not None and not isinstance(value, (str, int, float)):
+        yield (
+            path,
+            f"{describe(value)} is not plain YAML data; allowed: strings, numbers, booleans, null, "
+            "lists and mappings (quote a date; YAML tags like !!binary are not allowed)",
+        )
 
 
 def _check_requirements(profile: Profile) -> Found:
