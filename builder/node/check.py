@@ -102,8 +102,11 @@ class Checker:
 
     def url(self, value: Any, path: str, schemes: Sequence[str] = ("https",)) -> str:
         text = self.string(value, path)
-        if text and not is_url(text, schemes):
-            kinds = " or ".join(f"{s}://" for s in schemes)
+        kinds = " or ".join(f"{s}://" for s in schemes)
+        if text and not text.isascii():  # JSON escapes of non-BMP characters are not TOML's
+            self.add(path, f"must be an {kinds} URL in ASCII (a host in punycode, 'xn--...'; "
+                     f"a path %-encoded), got {text!r}")  # fmt: skip
+        elif text and not is_url(text, schemes):
             self.add(path, f"must be an {kinds} URL, got {text!r}")
         return text
 

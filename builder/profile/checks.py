@@ -89,7 +89,7 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> bool:
     except ValueError:  # e.g. 'http://[::1' (an unclosed IPv6 address)
         return False
     where = parsed.path if parsed.scheme == "file" else parsed.hostname
-    return parsed.scheme in schemes and bool(where) and not re.search(r"\s", url)
+    return parsed.scheme in schemes and bool(where) and url.isascii() and not re.search(r"\s", url)
 
 
 def _check_os(profile: Profile) -> Found:

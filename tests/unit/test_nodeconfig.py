@@ -179,3 +179,15 @@ def test_cli_validate_refuses_a_gzip_bomb(run_cli: Cli, tmp_path: Path) -> None:
         "may be at most 1 MiB (all its gzip together)\n"
         "(1 problem in the NodeConfig; fix them and run again)\n"
     )
+
+
+def test_urls_are_ascii() -> None:
+    mirror = {"url": "https://mirr\N{LATIN SMALL LETTER O WITH DIAERESIS}r.example.com/\U0001f600"}
+    spec = {"containerd": {"registries": {"_default": {"mirrors": [mirror]}}}}
+    with pytest.raises(InvalidConfig) as caught:
+        parse({"apiVersion": "hostbuild.dev/v1alpha1", "kind": "NodeConfig", "spec": spec})
+    assert [str(i) for i in caught.value.issues] == [
+        "spec.containerd.registries._default.mirrors[0].url: must be an https:// or http:// URL "
+        "in ASCII (a host in punycode, 'xn--...'; a path %-encoded), got "
+        f"{mirror['url']!r}"
+    ]
