@@ -361,6 +361,8 @@ def _auth(c: Checker, value: Any, path: str) -> Auth:
     got = {k: c.string(v, join_path(path, k), secret=k != "username") for k, v in m.items()}
     if isinstance(value, dict) and set(got) not in ({"username", "password"}, {"token"}):
         c.add(path, "give username and password, or token")
+    if not got.get("token", "").isascii():  # it goes into an HTTP header (and hosts.toml)
+        c.add(join_path(path, "token"), "must be ASCII, as bearer tokens are")
     if ":" in got.get("username", ""):
         c.add(join_path(path, "username"), f"must not contain ':' (Basic authentication joins "
               f"username and password with it), got {got['username']!r}")  # fmt: skip
