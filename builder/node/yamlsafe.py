@@ -16,6 +16,9 @@ from .check import join_path
 # values, and an alias bomb (each level naming the one below twice) would make every walk over
 # the loaded data take exponential time
 MAX_VALUES = 100_000
+# how deep mappings and lists may nest: a kubeconfig goes 4 deep, and PyYAML's composer (like
+# every walk over the data) recurses, so 10000 '[' would end in RecursionError
+MAX_DEPTH = 50
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -28,11 +31,28 @@ class YamlError(Exception):
         self.path = path
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, composing at most MAX_DEPTH levels of collections."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                problem = f"mappings and lists nest deeper than {MAX_DEPTH} levels"
+                raise yaml.composer.ComposerError(None, None, problem, mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def load_yaml(data: bytes | str) -> Any:
     """The one document in `data`; raises YamlError naming the line, column or path at fault."""
     text = decode_utf8(data) if isinstance(data, bytes) else data
     try:
-        loader = yaml.SafeLoader(text)  # the reader checks every character at once
+        loader = _Loader(text)  # the reader checks every character at once
     except yaml.YAMLError as e:
         raise YamlError(describe_yaml_error(e, text)) from None
     try:

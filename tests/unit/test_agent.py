@@ -172,6 +172,15 @@ def test_user_data_that_is_not_utf8_or_repeats_a_key(node: Node) -> None:
     ]
 
 
+def test_deeply_nested_user_data_is_an_error_the_node_reports(node: Node) -> None:
+    node.user_data(b"spec: " + b"[" * 100_000)
+    status = node.apply()
+    assert (status["ok"], status["kubelet"]) == (False, "not configured")
+    assert status["errors"] == [
+        "not valid YAML at line 1, column 56: mappings and lists nest deeper than 50 levels"
+    ]
+
+
 def test_a_gzip_bomb_is_an_error_the_node_reports(node: Node) -> None:
     node.user_data(gzip.compress(bytes(1 << 20)) * 64)  # 64 KiB that expand to 64 MiB
     status = node.apply()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder.node.yamlsafe import MAX_VALUES, YamlError, load_yaml
+from builder.node.yamlsafe import MAX_DEPTH, MAX_VALUES, YamlError, load_yaml
 
 
 def error_of(data: bytes | str) -> tuple[str, str]:
@@ -74,3 +74,13 @@ def test_an_alias_bomb_is_refused_at_once() -> None:
         f"{MAX_VALUES}"
     )
     assert len(load_yaml("\n".join(levels[:4]) + "\n")["l3"]) == 10  # shared, but small: fine
+
+
+def test_deep_nesting_is_refused_before_anything_recurses() -> None:
+    assert load_yaml("a: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1))
+    for depth in (MAX_DEPTH, 100_000):  # PyYAML's composer alone would hit RecursionError
+        assert error_of("a: " + "[" * depth + "]" * depth) == (
+            "",
+            f"not valid YAML at line 1, column {MAX_DEPTH + 3}: mappings and lists nest deeper "
+            f"than {MAX_DEPTH} levels",
+        )
