@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from .check import join_path
+from .check import join_path, shorten
 
 # what a document may expand to through aliases: a NodeConfig or a profile has a few hundred
 # values, and an alias bomb (each level naming the one below twice) would make every walk over
@@ -32,7 +32,7 @@ class YamlError(Exception):
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, composing at most MAX_DEPTH levels of collections."""
+    """PyYAML's safe loader: at most MAX_DEPTH levels, and a value it cannot make is located."""
 
     depth = 0
 
@@ -46,6 +46,15 @@ class _Loader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as e:  # a date like 2024-02-30, an int of 5000 digits, '!!float x'
+            kind = node.tag.rpartition(":")[2]
+            reason = str(e).split(";")[0]  # not Python's advice on sys.set_int_max_str_digits
+            problem = f"{shorten(str(node.value))!r} is not a valid {kind} ({reason}); quote it"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
 def load_yaml(data: bytes | str) -> Any:

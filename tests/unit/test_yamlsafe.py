@@ -84,3 +84,18 @@ def test_deep_nesting_is_refused_before_anything_recurses() -> None:
             f"not valid YAML at line 1, column {MAX_DEPTH + 3}: mappings and lists nest deeper "
             f"than {MAX_DEPTH} levels",
         )
+
+
+def test_a_value_yaml_cannot_make_is_located_not_a_crash() -> None:
+    assert error_of("since: 2024-01-31\nuntil: [1, 2024-02-30]\n") == (
+        "",
+        "not valid YAML at line 2, column 12: '2024-02-30' is not a valid timestamp (day is out "
+        "of range for month); quote it",
+    )
+    path, message = error_of("n: " + "1" * 5000)
+    assert (
+        message.startswith("not valid YAML at line 1, column 4: '111") and "4300 digits" in message
+    )
+    assert "sys.set_int_max_str_digits" not in message
+    expected = "'x' is not a valid float (could not convert string to float: 'x'); quote it"
+    assert error_of("n: !!float x")[1].endswith(expected)
