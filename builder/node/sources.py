@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import urllib.error
 import zlib
@@ -41,6 +42,10 @@ MAX_SIZE = 1 << 20
 # zeros would expand to 1 GiB in memory at every boot
 MAX_EXPANDED = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
+# cloud-init's user-data has one multipart section; the email parser recurses into each, and a
+# few hundred nested ones end in RecursionError
+MAX_MULTIPARTS = 20
+MULTIPART = re.compile(rb"^content-type:\s*multipart/", re.IGNORECASE | re.MULTILINE)
 EC2_VENDOR = "Amazon EC2"
 
 
@@ -203,6 +208,8 @@ def extract_nodeconfig(data: bytes) -> bytes | None:
     head = data.lstrip()[:200].lower()
     if not (head.startswith(b"content-type:") or head.startswith(b"mime-version:")):
         return data
+    if len(MULTIPART.findall(data)) > MAX_MULTIPARTS:
+        raise SourceError(f"user-data has more than {MAX_MULTIPARTS} MIME multi-part sections")
     message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
     if not message.is_multipart():
         raise SourceError("user-data is MIME but not multi-part")

@@ -434,3 +434,19 @@ def test_real_mount_helpers_report_failures(tmp_path: Path) -> None:
         pytest.skip("no mount command")
     with pytest.raises(command.CommandFailed, match="mount -o ro,nodev,nosuid,noexec"):
         command.mount_ro(tmp_path / "no-such-device", tmp_path)
+
+
+def test_deeply_nested_mime_is_refused_before_the_parser_recurses() -> None:
+    depth = 3000  # the email parser recurses into each: RecursionError, without the limit
+    data = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\nMIME-Version: 1.0\n\n--b%d\n' % (i, i)
+        for i in range(depth)
+    )
+    data += (
+        b"Content-Type: text/yaml\n\n"
+        + CONFIG
+        + b"".join(b"--b%d--\n" % i for i in reversed(range(depth)))
+    )
+    with pytest.raises(SourceError, match="^user-data has more than 20 MIME multi-part sections$"):
+        extract_nodeconfig(data)
+    assert extract_nodeconfig(mime(("text/yaml", CONFIG))) == CONFIG
