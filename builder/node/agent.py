@@ -223,7 +223,10 @@ def validate_file(path: Path) -> int:
         if data is None:
             raise SourceError("multi-part user-data without a NodeConfig part")
         parse_text(data)
-    except (OSError, SourceError) as e:
+    except OSError as e:
+        print(f"{path}: cannot be read: {e.strerror}", file=sys.stderr)  # noqa: T201 -- the CLI's output
+        return 2
+    except SourceError as e:
         print(f"{path}: {e}", file=sys.stderr)  # noqa: T201 -- the CLI's output
         return 2
     except InvalidConfig as e:

@@ -268,6 +268,17 @@ def test_validate_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err == expected
 
 
+def test_validate_command_names_what_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert agent.main(["validate", os.fspath(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"{tmp_path}: cannot be read: Is a directory\n"
+    bomb = tmp_path / "user-data"
+    bomb.write_bytes(gzip.compress(bytes(4 << 20)))
+    assert agent.main(["validate", os.fspath(bomb)]) == 2
+    assert capsys.readouterr().err.startswith(f"{bomb}: user-data is gzip that expands to over")
+
+
 def test_node_modules_import_only_the_stdlib_yaml_and_each_other() -> None:
     """What runs on the node: the stdlib, PyYAML (the agent) and h2 (the health gate's gRPC)."""
     for module in NODE.glob("*.py"):
