@@ -1,4 +1,4 @@
-"""YAML as hostbuild reads it from users: UTF-8 only, each key once, aliases bounded.
+"""YAML as hostbuild reads it from users: UTF-8 only, each key once, bounded depth and aliases.
 
 Shared by NodeConfigs (on the node) and profiles (the build host imports it). Every problem is a
 `YamlError` that says where (line and column, or the dotted path of a duplicate key) and why.
@@ -140,13 +140,14 @@ def _check_node(
                 )
             if key is not None:
                 first[key] = key_node
+            label = "<<" if key_node.tag == MERGE_TAG else "?" if key is None else str(key)
             size += _check_node(loader, key_node, path, sizes, open_)
-            size += _check_node(loader, value_node, join_path(path, str(key)), sizes, open_)
+            size += _check_node(loader, value_node, join_path(path, label), sizes, open_)
     open_.discard(id(node))
     if size > MAX_VALUES:
         raise YamlError(
-            f"aliases expand this to more than {MAX_VALUES} values; a document may hold at most "
-            f"{MAX_VALUES}",
+            f"holds more than {MAX_VALUES} values (an alias counts each time it is used); a "
+            f"document may hold at most {MAX_VALUES}",
             path,
         )
     sizes[id(node)] = size

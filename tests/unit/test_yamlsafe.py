@@ -70,8 +70,8 @@ def test_an_alias_bomb_is_refused_at_once() -> None:
     path, message = error_of("\n".join(levels) + "\n")  # 10**10 values if expanded
     assert path == "l4"
     assert message == (
-        f"aliases expand this to more than {MAX_VALUES} values; a document may hold at most "
-        f"{MAX_VALUES}"
+        f"holds more than {MAX_VALUES} values (an alias counts each time it is used); a "
+        f"document may hold at most {MAX_VALUES}"
     )
     assert len(load_yaml("\n".join(levels[:4]) + "\n")["l3"]) == 10  # shared, but small: fine
 
