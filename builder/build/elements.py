@@ -169,8 +169,12 @@ def config_files(profile: Profile, build: int) -> list[ImageFile]:
         files.append(_text("hostbuild-crictl", "/etc/crictl.yaml", render("crictl.yaml")))
     if profile.kubelet and "kubelet" in pinned:
         enable.append("kubelet.service")
-        flags = "".join(f"--{k}={v} \\\n  " for k, v in profile.kubelet.extra_args.items())
         # 0600, as CIS 4.1.1 and 4.1.9 ask: only systemd and the node agent (root) read them
+        # on ExecStart=, % starts a specifier and $ a variable: each is doubled to stand for itself
+        flags = "".join(
+            f"--{k}={v.replace('%', '%%').replace('$', '$$')} \\\n  "
+            for k, v in profile.kubelet.extra_args.items()
+        )
         files += [
             _text("hostbuild-kubelet", "/usr/lib/systemd/system/kubelet.service",
                   render("kubelet.service.j2", profile=p, flags=flags,

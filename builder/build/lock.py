@@ -87,7 +87,7 @@ def load_lock(path: Path) -> Lock:
         for build in builds:
             parse_os_version(build["version"], build=True)
             str(build["inputs"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise HostbuildError(
             f"{path}: not a hostbuild lock file: {e}",
             hint="restore it from version control; it records every build's inputs",

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from builder.errors import HostbuildError
+
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 
@@ -21,5 +23,18 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
+    """The manifest of a build's output directory; HostbuildError if there is none."""
+    path = directory / MANIFEST
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise HostbuildError(
+            f"no {MANIFEST} in {os.fspath(directory)!r}",
+            hint="give the output directory of 'hostbuild image' (it holds manifest.json and "
+            "NAME.raw)",
+        ) from None
+    except (OSError, ValueError) as e:
+        raise HostbuildError(f"{path}: not a manifest of 'hostbuild image': {e}") from None
+    if not (isinstance(data, dict) and isinstance(data.get("name"), str)):
+        raise HostbuildError(f"{path}: not a manifest of 'hostbuild image': it has no name")
     return data

@@ -33,6 +33,7 @@ from builder.vm.vmtest import run_smoke, run_suite
 
 logger = logging.getLogger(__name__)
 
+MAX_KEYS = 64 << 10  # authorized_keys lines: a few hundred bytes each
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hostbuild"
 
 
@@ -109,7 +110,8 @@ def profiles(ctx: click.Context) -> None:
         for path in list_profiles():
             try:
                 profile = load_profile(os.fspath(path))
-                click.echo(f"{path.stem:<16} {profile.version:<10} {profile.description}")
+                description = " ".join(profile.description.split())  # one line of the table
+                click.echo(f"{path.stem:<16} {profile.version:<10} {description}")
             except HostbuildError:
                 click.echo(f"{path.stem:<16} {'-':<10} (invalid: run 'hostbuild profiles show')")
 
@@ -255,10 +257,10 @@ def boot(
     machine_path: Path | None, memory: int | None, cpus: int | None, accel: str | None,
 ) -> None:  # fmt: skip
     """Boot an image under QEMU (UEFI, copy-on-write overlay) until Ctrl-C."""
+    credentials = {"ssh.authorized_keys.root": _public_keys(ssh_key)} if ssh_key else {}
     machine = load_machine(machine_path or DEFAULT_MACHINE)
     mirrors = resolve_mirrors(Debian(release="trixie"))
     tools = ensure_tools_tree(state.cache, mirrors.main)
-    credentials = {"ssh.authorized_keys.root": ssh_key.read_bytes()} if ssh_key else {}
     work = state.cache / "vms" / f"{image_path.stem}-{os.getpid()}"
     config = VmConfig(
         image=image_path, machine=machine, memory_mib=memory, cpus=cpus, ssh_port=ssh_port,
@@ -270,6 +272,20 @@ def boot(
         while vm.exit_code() is None:
             time.sleep(1)
         click.echo(f"QEMU exited with code {vm.exit_code()}", err=True)
+
+
+def _public_keys(path: Path) -> bytes:
+    """The authorized_keys lines of --ssh-key: never a private key, never a huge file."""
+    with path.open("rb") as f:
+        data = f.read(MAX_KEYS + 1)
+    if len(data) > MAX_KEYS:
+        raise click.BadParameter(f"{path} is over {MAX_KEYS >> 10} KiB", param_hint="--ssh-key")
+    if b"PRIVATE KEY" in data:
+        raise click.BadParameter(
+            f"{path} is a private key; give the public one (like {path}.pub)",
+            param_hint="--ssh-key",
+        )
+    return data
 
 
 @cli.command("test")

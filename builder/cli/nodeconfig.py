@@ -13,7 +13,7 @@ from builder.node.check import InvalidConfig
 from builder.node.model import NodeConfig
 from builder.node.nodeconfig import parse_text
 from builder.node.render import RUN, install_outputs, render_outputs
-from builder.node.sources import Platform, SourceError, extract_nodeconfig
+from builder.node.sources import Platform, SourceError, extract_nodeconfig, read_capped
 from builder.profile.model import Profile
 
 logger = logging.getLogger(__name__)
@@ -28,11 +28,11 @@ class NodeConfigError(IssuesError):
 
 def load_nodeconfig(path: Path) -> NodeConfig:
     """Read and validate a NodeConfig (or user-data holding one) as the node agent would."""
-    name = os.path.relpath(path) if path.is_absolute() else os.fspath(path)
+    name = os.fspath(path)  # as the user gave it
     try:
-        data = extract_nodeconfig(path.read_bytes())
+        data = extract_nodeconfig(read_capped(path))
     except OSError as e:
-        raise HostbuildError(f"{name}: {e.strerror}") from None
+        raise NodeConfigError([Issue(name, "", f"cannot be read: {e.strerror}")]) from None
     except SourceError as e:
         raise NodeConfigError([Issue(name, "", str(e))]) from None
     if data is None:
@@ -57,5 +57,12 @@ def render_nodeconfig(config: NodeConfig, root: Path, profile: Profile | None) -
     outputs = render_outputs(config, base, Platform(), (), containerd, warnings)
     for warning in warnings:
         logger.warning("%s", warning)
-    install_outputs(outputs, root / RUN.lstrip("/"))
+    try:
+        install_outputs(outputs, root / RUN.lstrip("/"))
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        raise HostbuildError(
+            f"cannot render into {os.fspath(root)}: {where}{e.strerror}",
+            hint="give --render a directory you can write to",
+        ) from None
     return sorted(f"{RUN}/{rel}" for rel in outputs)

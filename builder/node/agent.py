@@ -26,7 +26,8 @@ from .command import run as run_command
 from .model import NodeConfig
 from .nodeconfig import parse_text
 from .render import install_outputs, render_outputs
-from .sources import Discovery, SourceError, Sources, discover, extract_nodeconfig
+from .sources import Discovery, SourceError, Sources, discover, extract_nodeconfig, read_capped
+from .yamlsafe import YamlError, decode_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def apply(
             containerd = (root / CONTAINERD_CONFIG).read_text()
     run = root / RUN
     outputs = render_outputs(
-        config if status["ok"] else None, base, discovery.platform, _credential_keys(sources),
+        config if status["ok"] else None, base, discovery.platform,
+        _credential_keys(sources, status["warnings"]),
         containerd, status["warnings"],
     )  # fmt: skip
     dropins = _files(run / CONTAINERD_DROPINS)
@@ -140,13 +142,17 @@ def _profile_kubelet(root: Path, status: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration"}
 
 
-def _credential_keys(sources: Sources) -> list[str]:
+def _credential_keys(sources: Sources, warnings: list[str]) -> list[str]:
     """Root's keys from the ssh.authorized_keys.root credential, kept next to user-data's."""
     for directory in sources.credential_dirs:
+        path = directory / SSH_CREDENTIAL
         try:
-            return (directory / SSH_CREDENTIAL).read_text().splitlines()
+            return decode_utf8(read_capped(path)).splitlines()
         except OSError:
             continue
+        except YamlError as e:
+            warnings.append(f"credential {path}: {e.message}; its keys are not installed")
+            return []
     return []
 
 
@@ -213,11 +219,14 @@ def show_status(root: Path, as_json: bool) -> int:
 def validate_file(path: Path) -> int:
     """Print every issue of a NodeConfig (or user-data holding one); 2 when invalid."""
     try:
-        data = extract_nodeconfig(path.read_bytes())
+        data = extract_nodeconfig(read_capped(path))
         if data is None:
             raise SourceError("multi-part user-data without a NodeConfig part")
         parse_text(data)
-    except (OSError, SourceError) as e:
+    except OSError as e:
+        print(f"{path}: cannot be read: {e.strerror}", file=sys.stderr)  # noqa: T201 -- the CLI's output
+        return 2
+    except SourceError as e:
         print(f"{path}: {e}", file=sys.stderr)  # noqa: T201 -- the CLI's output
         return 2
     except InvalidConfig as e:

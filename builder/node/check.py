@@ -12,7 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# C0 and C1 controls, DEL and the Unicode line and paragraph separators: what splits or ends a
+# line in the files, command lines and units that strings end up in
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL_NAMES = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}
 PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END \1-----")
 
 
@@ -63,11 +67,22 @@ class Checker:
         return {k: v for k, v in value.items() if k in allowed}
 
     def string(
-        self, value: Any, path: str, pattern: re.Pattern[str] | None = None, what: str = ""
-    ) -> str:
+        self, value: Any, path: str, pattern: re.Pattern[str] | None = None, what: str = "",
+        *, lines: bool = False, secret: bool = False,
+    ) -> str:  # fmt: skip
+        """A string; "" (and an issue) for another type or a control character.
+
+        Only `lines` text (PEM, a kubeconfig) may hold line breaks and tabs; `secret` values are
+        never echoed.
+        """
         if not isinstance(value, str):
             hint = "; quote it" if isinstance(value, (int, float)) else ""
             self.add(path, f"expected a string, got {describe(value)}{hint}")
+            return ""
+        if bad := control_character(value, lines):
+            allowed = "printable text, tabs and line breaks" if lines else "one line of printable"
+            got = "" if secret else f", got {shorten(value)!r}"
+            self.add(path, f"contains {bad}; allowed: {allowed} characters{got}")
             return ""
         if pattern is not None and not pattern.match(value):
             self.add(path, f"must be {what}, got {value!r}")
@@ -87,18 +102,24 @@ class Checker:
 
     def url(self, value: Any, path: str, schemes: Sequence[str] = ("https",)) -> str:
         text = self.string(value, path)
-        parsed = urllib.parse.urlparse(text)
-        if text and (parsed.scheme not in schemes or not parsed.hostname):
-            kinds = " or ".join(f"{s}://" for s in schemes)
+        kinds = " or ".join(f"{s}://" for s in schemes)
+        if text and not text.isascii():  # JSON escapes of non-BMP characters are not TOML's
+            self.add(path, f"must be an {kinds} URL in ASCII (a host in punycode, 'xn--...'; "
+                     f"a path %-encoded), got {text!r}")  # fmt: skip
+        elif text and not is_url(text, schemes):
             self.add(path, f"must be an {kinds} URL, got {text!r}")
         return text
 
     def pem(self, value: Any, path: str, kinds: Sequence[str], secret: bool = False) -> str:
         """PEM text whose blocks are all of `kinds` (base64 of PEM is accepted too)."""
-        text = self.string(value, path)
+        before = len(self.issues)
+        text = self.string(value, path, lines=True, secret=secret)
+        if len(self.issues) > before:
+            return ""
         if text and "-----BEGIN" not in text:
             with contextlib.suppress(binascii.Error, UnicodeDecodeError):
                 text = base64.b64decode(text, validate=True).decode()
+                text = "" if control_character(text, lines=True) else text
         blocks = PEM_BLOCK.findall(text)
         good = bool(blocks) and all(k in kinds and _is_base64(body) for k, body in blocks)
         if value is not None and isinstance(value, str) and not good:
@@ -106,6 +127,25 @@ class Checker:
             got = "" if secret else f", got {shorten(value)!r}"
             self.add(path, f"must be PEM text with {want} blocks (or its base64){got}")
         return text.strip() + "\n" if good else ""
+
+
+def control_character(text: str, lines: bool = False) -> str:
+    """The first control character in `text`, named ('a line break (U+000A)'), or ""."""
+    for match in CONTROL.finditer(text):
+        char = match.group()
+        if not (lines and char in "\t\n\r"):
+            return f"{CONTROL_NAMES.get(char, 'a control character')} (U+{ord(char):04X})"
+    return ""
+
+
+def is_url(text: str, schemes: Sequence[str]) -> bool:
+    """A URL of one of `schemes` with a host (and a valid port, if any), without whitespace."""
+    try:
+        parsed = urllib.parse.urlsplit(text)
+        parsed.port  # noqa: B018 -- raises ValueError for a port that is not one
+    except ValueError:  # e.g. 'https://[::1' (an unclosed IPv6 address)
+        return False
+    return parsed.scheme in schemes and bool(parsed.hostname) and not re.search(r"\s", text)
 
 
 def kind_of(value: object) -> str:

@@ -14,9 +14,17 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
-from .check import AnyKey, Checker, InvalidConfig, Issue, describe, join_path, kind_of, shorten
+from .check import (
+    AnyKey,
+    Checker,
+    InvalidConfig,
+    Issue,
+    control_character,
+    describe,
+    join_path,
+    kind_of,
+    shorten,
+)
 from .model import (
     DAYS,
     Admin,
@@ -36,27 +44,31 @@ from .model import (
     Updates,
     Window,
 )
+from .yamlsafe import YamlError, load_yaml
 
 API_GROUP = "hostbuild.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "NodeConfig"
 
+# patterns end in \Z, not $: $ also matches before a final line break ('worker-1\n')
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
-BOOTSTRAP_TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
-REGISTRY_HOST = re.compile(rf"^({_DNS_LABEL}(\.{_DNS_LABEL})*|\[[0-9a-fA-F:.]+\])(:[0-9]{{1,5}})?$")
+DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*\Z")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)\Z")
+BOOTSTRAP_TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}\Z")
+REGISTRY_HOST = re.compile(
+    rf"^({_DNS_LABEL}(\.{_DNS_LABEL})*|\[[0-9a-fA-F:.]+\])(:[0-9]{{1,5}})?\Z"
+)
 IMAGE_REF = re.compile(
-    r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?(@sha256:[0-9a-f]{64})?$"
+    r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?(@sha256:[0-9a-f]{64})?\Z"
 )
 # kubelet's unit splits $KUBELET_EXTRA_ARGS at spaces and unquotes: flags carry neither
-FLAG = re.compile(r"^--([a-z0-9][a-z0-9-]*)(=[^\s\"'\\]*)?$")
-PROBE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-CHANNEL = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
-FLEETLOCK_GROUP = re.compile(r"^[a-zA-Z0-9.-]+$")
-DURATION = re.compile(r"^(?=\d)(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-CLOCK = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
-PROVIDER_ID = re.compile(r"^[a-z][a-z0-9+.-]*://\S*$")
+FLAG = re.compile(r"^--([a-z0-9][a-z0-9-]*)(=[^\s\"'\\]*)?\Z")
+PROBE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+CHANNEL = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}\Z")
+FLEETLOCK_GROUP = re.compile(r"^[a-zA-Z0-9.-]+\Z")
+DURATION = re.compile(r"^(?=\d)(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
+CLOCK = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])\Z")
+PROVIDER_ID = re.compile(r"^[a-z][a-z0-9+.-]*://\S*\Z")
 SSH_KEY_TYPES = (
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
     "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
@@ -97,12 +109,9 @@ MAX_DEADLINE = 7200
 def parse_text(text: str | bytes) -> NodeConfig:
     """Parse and validate NodeConfig YAML; raises InvalidConfig with every issue."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise InvalidConfig([Issue("", f"not valid YAML{where}: {problem}")]) from None
+        data = load_yaml(text)
+    except YamlError as e:
+        raise InvalidConfig([Issue(e.path, e.message)]) from None
     return parse(data)
 
 
@@ -153,8 +162,8 @@ def _cluster(c: Checker, value: Any, path: str) -> Cluster:
         c.add(p("bootstrapToken"), "must be a bootstrap token: 6 and 16 lowercase letters "
               "or digits joined by '.' (like 'abcdef.0123456789abcdef')")  # fmt: skip
     elif token is not None:
-        c.string(token, p("bootstrapToken"))
-    if kubeconfig is not None and c.string(kubeconfig, p("kubeconfig")):
+        c.string(token, p("bootstrapToken"), secret=True)
+    if kubeconfig is not None and c.string(kubeconfig, p("kubeconfig"), lines=True, secret=True):
         _check_kubeconfig(c, kubeconfig, p("kubeconfig"))
     if isinstance(value, dict) and (token is None) == (kubeconfig is None):
         c.add(path, "give exactly one of bootstrapToken and kubeconfig")
@@ -167,9 +176,9 @@ def _cluster(c: Checker, value: Any, path: str) -> Cluster:
 
 def _check_kubeconfig(c: Checker, text: str, path: str) -> None:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        c.add(path, "is not valid YAML")
+        data = load_yaml(text)
+    except YamlError as e:
+        c.add(path, f"is not a valid kubeconfig: {e.message}")
         return
     if not (isinstance(data, dict) and data.get("kind") == "Config"):
         c.add(path, "must be a kubeconfig (YAML with 'kind: Config')")
@@ -257,6 +266,8 @@ def _kubelet(c: Checker, value: Any, path: str) -> Kubelet:
             c.add(where, f"keys must be strings, got {describe(key)}")
         elif key in MANAGED_CONFIG:
             c.add(where, f"cannot be set here: {MANAGED_CONFIG[key]}")
+        elif bad := control_character(key):
+            c.add(where, f"contains {bad}; allowed: a KubeletConfiguration key like 'maxPods'")
     return Kubelet(config, c.items(m.get("flags", []), join_path(path, "flags"),
                                    lambda v, q: _flag(c, v, q)))  # fmt: skip
 
@@ -347,9 +358,14 @@ def _capability(c: Checker, value: Any, path: str) -> str:
 
 def _auth(c: Checker, value: Any, path: str) -> Auth:
     m = c.mapping(value, path, ("username", "password", "token"))
-    got = {k: c.string(v, join_path(path, k)) for k, v in m.items()}
+    got = {k: c.string(v, join_path(path, k), secret=k != "username") for k, v in m.items()}
     if isinstance(value, dict) and set(got) not in ({"username", "password"}, {"token"}):
         c.add(path, "give username and password, or token")
+    if not got.get("token", "").isascii():  # it goes into an HTTP header (and hosts.toml)
+        c.add(join_path(path, "token"), "must be ASCII, as bearer tokens are")
+    if ":" in got.get("username", ""):
+        c.add(join_path(path, "username"), f"must not contain ':' (Basic authentication joins "
+              f"username and password with it), got {got['username']!r}")  # fmt: skip
     return Auth(got.get("username"), got.get("password"), got.get("token"))
 
 
@@ -363,7 +379,11 @@ def _admin(c: Checker, value: Any, path: str) -> Admin:
 
 
 def _ssh_key(c: Checker, value: Any, path: str) -> str:
-    text = c.string(value, path).strip()
+    text = c.string(value, path, lines=True).strip()  # a YAML block scalar ends in a line break
+    if bad := control_character(text):
+        c.add(path, f"contains {bad}: one key per list item, on one line of printable "
+              f"characters, got {shorten(text)!r}")  # fmt: skip
+        return ""
     parts = text.split()
     if text and not (len(parts) >= 2 and parts[0] in SSH_KEY_TYPES and _ssh_blob_ok(*parts[:2])):
         c.add(path, f"must be one OpenSSH public key line ('TYPE BASE64 [comment]', TYPE one of "
@@ -457,9 +477,13 @@ def _probe(c: Checker, value: Any, path: str) -> Probe:
     m = c.mapping(value, path, ("name", "command"), ("name", "command"))
     name = c.string(m.get("name", "x"), join_path(path, "name"), PROBE_NAME,
                     "a name of a-z 0-9 - (at most 63)")  # fmt: skip
-    command = c.string(m.get("command", "true"), join_path(path, "command"))
-    if "command" in m and not command.strip():
-        c.add(join_path(path, "command"), "must be a non-empty shell command")
+    where, before = join_path(path, "command"), len(c.issues)
+    command = c.string(m.get("command", "true"), where, lines=True).strip()
+    if bad := control_character(command):
+        c.add(where, f"contains {bad}: a probe is one shell command line (its exit status is "
+              f"its last command's: join commands with &&), got {shorten(command)!r}")  # fmt: skip
+    elif not command and len(c.issues) == before:
+        c.add(where, "must be a non-empty shell command")
     return Probe(name, command)
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import urllib.error
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from . import command
 
-# urllib.request (http, ssl), email and gzip are imported where used: the agent runs on every
-# boot before containerd, and most boots need none of them (no IMDS, no MIME, no gzip)
+# urllib.request (http, ssl) and email are imported where used: the agent runs on every boot
+# before containerd, and most boots need neither (no IMDS, no MIME)
 if TYPE_CHECKING:
     import urllib.request
 
@@ -32,7 +34,18 @@ PARTITION_FILE = "nodeconfig.yaml"
 SETTLE_TIMEOUT = 30.0  # seconds: udev handles the whole coldplug in a few, even emulated
 MEDIA_TYPE = "application/node.hostbuild.dev"
 API_MARKER = b"hostbuild.dev/"
-MAX_SIZE = 1 << 20  # user-data is at most 16 KiB on EC2; anything near 1 MiB is not ours
+# user-data as delivered: EC2 takes at most 16 KiB, systemd at most 1 MiB per credential, so
+# 1 MiB refuses nothing a platform can pass; it bounds what a config partition's file costs
+MAX_SIZE = 1 << 20
+# what all of the user-data's gzip may expand to together: what could be given uncompressed
+# (a NodeConfig is a few KiB; one with a CA bundle a few hundred), while a 1 MiB gzip bomb of
+# zeros would expand to 1 GiB in memory at every boot
+MAX_EXPANDED = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+# cloud-init's user-data has one multipart section; the email parser recurses into each, and a
+# few hundred nested ones end in RecursionError
+MAX_MULTIPARTS = 20
+MULTIPART = re.compile(rb"^content-type:\s*multipart/", re.IGNORECASE | re.MULTILINE)
 EC2_VENDOR = "Amazon EC2"
 
 
@@ -168,36 +181,78 @@ class Imds:
 
 
 def extract_nodeconfig(data: bytes) -> bytes | None:
-    """The NodeConfig in user-data: plain, gzip, or one part of MIME multi-part user-data."""
+    """The NodeConfig in user-data: plain, gzip, or one part of MIME multi-part user-data.
+
+    Raises SourceError for user-data over MAX_SIZE, or whose gzip (the whole and its parts
+    together) expands to over MAX_EXPANDED: decompression stops there, memory stays bounded.
+    """
     import email.parser
     import email.policy
-    import gzip
 
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise SourceError(f"user-data is gzip but does not decompress: {e}") from None
+    if len(data) > MAX_SIZE:
+        raise SourceError(
+            f"user-data is over {MAX_SIZE >> 20} MiB; at most {MAX_SIZE >> 20} MiB is allowed "
+            "(a NodeConfig is a few KiB; EC2 itself takes at most 16 KiB)"
+        )
+    budget = MAX_EXPANDED
+
+    def expand(blob: bytes, what: str) -> bytes:
+        nonlocal budget
+        if blob[:2] != GZIP_MAGIC:
+            return blob
+        blob = gunzip(blob, budget, what)
+        budget -= len(blob)
+        return blob
+
+    data = expand(data, "user-data")
     head = data.lstrip()[:200].lower()
     if not (head.startswith(b"content-type:") or head.startswith(b"mime-version:")):
         return data
+    if len(MULTIPART.findall(data)) > MAX_MULTIPARTS:
+        raise SourceError(f"user-data has more than {MAX_MULTIPARTS} MIME multi-part sections")
     message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
     if not message.is_multipart():
         raise SourceError("user-data is MIME but not multi-part")
     fallback = None
-    for part in message.walk():
+    for number, part in enumerate(message.walk()):
         if part.is_multipart():
             continue
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
             continue
-        if payload[:2] == b"\x1f\x8b":
-            payload = gzip.decompress(payload)
+        payload = expand(payload, f"MIME part {number} ({part.get_content_type()})")
         if part.get_content_type() == MEDIA_TYPE:
             return payload
         if fallback is None and _names_our_api(payload):
             fallback = payload
     return fallback
+
+
+def gunzip(data: bytes, limit: int, what: str = "user-data") -> bytes:
+    """Every gzip member of `data`, decompressed in steps that stop past `limit` bytes."""
+    out = bytearray()
+    rest = data
+    while rest.strip(b"\0"):  # gzip(1) allows zero padding after the last member
+        inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out += inflate.decompress(rest, limit + 1 - len(out))
+        except zlib.error as e:
+            raise SourceError(f"{what} is gzip but does not decompress: {e}") from None
+        if len(out) > limit:
+            raise SourceError(
+                f"{what} is gzip that expands to over {MAX_EXPANDED >> 20} MiB; decompressed "
+                f"user-data may be at most {MAX_EXPANDED >> 20} MiB (all its gzip together)"
+            )
+        if not inflate.eof:
+            raise SourceError(f"{what} is gzip but does not decompress: it is truncated")
+        rest = inflate.unused_data
+    return bytes(out)
+
+
+def read_capped(path: Path) -> bytes:
+    """A file's bytes, but no more than one past MAX_SIZE (extract_nodeconfig refuses those)."""
+    with path.open("rb") as f:
+        return f.read(MAX_SIZE + 1)
 
 
 def _names_our_api(payload: bytes) -> bool:
@@ -253,7 +308,7 @@ def discover(sources: Sources) -> Discovery:
         path = directory / CREDENTIAL
         if path.is_file():
             try:
-                if (config := _checked(path.read_bytes(), f"credential {path}")) is not None:
+                if (config := _checked(read_capped(path), f"credential {path}")) is not None:
                     found.found = Found("credential", os.fspath(path), config)
                     return found
             except (OSError, SourceError) as e:
@@ -277,8 +332,6 @@ def discover(sources: Sources) -> Discovery:
 
 
 def _checked(data: bytes, what: str) -> bytes | None:
-    if len(data) > MAX_SIZE:
-        raise SourceError(f"{what} is over {MAX_SIZE} bytes")
     config = extract_nodeconfig(data)
     if config is None:
         logger.info("%s has no NodeConfig part", what)
@@ -295,6 +348,6 @@ def read_partition(sources: Sources) -> bytes | None:
         if not path.is_file():
             logger.info("config partition %s has no %s", sources.by_label, PARTITION_FILE)
             return None
-        return path.read_bytes()
+        return read_capped(path)
     finally:
         sources.umount(mnt)

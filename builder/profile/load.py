@@ -7,27 +7,31 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from builder.errors import Issue, ProfileError
-from builder.node.check import join_path
+from builder.node.check import join_path, kind_of
+from builder.node.yamlsafe import YamlError, load_yaml
 from builder.profile.checks import check_profile, check_versions
 from builder.profile.model import Profile
 from builder.profile.schema import INVALID, convert
 
 PROFILES_DIR = Path(os.environ.get("HOSTBUILD_PROFILES", Path(__file__).parents[2] / "profiles"))
+MAX_PROFILE = 1 << 20  # profiles are a few KiB; this bounds reading a wrong file (or /dev/zero)
 
 
 def display(path: Path) -> str:
-    """A path as messages show it: relative to the working directory when below it."""
-    try:
-        return os.fspath(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return os.fspath(path)
+    """A path as messages show it: as the user gave it (`a/../` tidied away), but a file of
+    hostbuild's own profiles/ relative to the working directory when below it."""
+    if path.is_absolute() and path.resolve().is_relative_to(PROFILES_DIR.resolve()):
+        try:
+            return os.fspath(path.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            pass
+    return os.path.normpath(path)
 
 
 def find_profile(ref: str, relative_to: Path | None = None) -> Path:
@@ -53,47 +57,81 @@ class _Layer:
 
 
 def _read_layers(ref: str, issues: list[Issue]) -> list[_Layer]:
-    """The `extends` chain, base first; cycles and unreadable files become issues."""
+    """The `extends` chain, base first; cycles and unreadable files become issues.
+
+    A problem with a file that `extends` pulled in is reported against the `extends` that named
+    it, so the message names both files.
+    """
     layers: list[_Layer] = []
     path = find_profile(ref)
-    seen: list[Path] = []
+    seen: list[tuple[Path, Path]] = []
+    parent: Any = None
     while True:
         resolved = path.resolve()
-        if resolved in seen:
-            cycle = " -> ".join(display(p) for p in [*seen, resolved])
+        if any(resolved == r for r, _ in seen):
+            cycle = " -> ".join(display(p) for p in [*(p for _, p in seen), path])
             issues.append(Issue(display(layers[-1].path), "extends", f"cycle in extends: {cycle}"))
             break
-        seen.append(resolved)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            names = ", ".join(p.stem for p in list_profiles())
-            if layers:
+        seen.append((resolved, path))
+        data = _read_profile(path)
+        if isinstance(data, _Problem):
+            if not layers:
+                issues.append(Issue(display(path), data.path, data.message))
+            elif isinstance(data, _Missing):
+                names = ", ".join(p.stem for p in list_profiles())
                 message = f"no profile {display(path)!r}; profiles: {names}"
                 issues.append(Issue(display(layers[-1].path), "extends", message))
             else:
-                issues.append(Issue(display(path), "", f"no such profile; profiles: {names}"))
-            break
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or str(e)
-            issues.append(Issue(display(path), "", f"not valid YAML{where}: {problem}"))
-            break
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            issues.append(Issue(display(path), "", "expected a mapping at the top level"))
+                problem = f"{data.path}: {data.message}" if data.path else data.message
+                message = f"{parent!r} names {display(path)}, which is not a profile: {problem}"
+                issues.append(Issue(display(layers[-1].path), "extends", message))
             break
         layers.append(_Layer(path, data))
         parent = data.pop("extends", None)
         if parent is None:
             break
-        if not isinstance(parent, str):
+        if not isinstance(parent, str) or not parent.strip():
             issues.append(Issue(display(path), "extends", "expected a profile name or path"))
             break
         path = find_profile(parent, relative_to=path)
     return list(reversed(layers))
+
+
+@dataclass(frozen=True)
+class _Problem:
+    path: str
+    message: str
+
+
+class _Missing(_Problem):
+    pass
+
+
+def _read_profile(path: Path) -> dict[str, Any] | _Problem:
+    """The top-level mapping of one profile file, or what is wrong with the file."""
+    try:
+        mode = path.stat().st_mode  # before opening: a FIFO would block
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            return _Problem("", f"{kind}, not a profile file (NAME.yaml)")
+        with path.open("rb") as f:
+            raw = f.read(MAX_PROFILE + 1)
+    except FileNotFoundError:
+        names = ", ".join(p.stem for p in list_profiles())
+        return _Missing("", f"no such profile; profiles: {names}")
+    except OSError as e:
+        return _Problem("", f"cannot be read: {e.strerror}")
+    if len(raw) > MAX_PROFILE:
+        return _Problem("", f"over {MAX_PROFILE // 1024} KiB: too big for a profile")
+    try:
+        data = load_yaml(raw)
+    except YamlError as e:
+        return _Problem(e.path, e.message)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        return _Problem("", f"expected a mapping at the top level, got {kind_of(data)}")
+    return data
 
 
 def _merge(base: Any, over: Any) -> Any:

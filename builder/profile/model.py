@@ -47,10 +47,13 @@ class Kernel:
     modules: tuple[str, ...] = ()
 
 
+TEXT = {"text": True}  # a string that may hold line breaks and tabs (see profile/schema.py)
+
+
 @dataclass(frozen=True)
 class File:
     path: str
-    content: str
+    content: str = field(metadata=TEXT)
     mode: str = "0644"
 
 
@@ -104,14 +107,14 @@ class SkewOverride:
     """The only way past a compatibility rule: name the rules and say why."""
 
     rules: tuple[str, ...]
-    reason: str
+    reason: str = field(metadata=TEXT)
 
 
 @dataclass(frozen=True)
 class Profile:
     """A resolved profile: everything a build needs to know about the image."""
 
-    description: str
+    description: str = field(metadata=TEXT)
     version: str
     debian: Debian
     kernel: Kernel

@@ -14,9 +14,9 @@ from builder.errors import HostbuildError
 
 GIB = 1024**3
 # partition-region-number, e.g. eu-west-1, us-gov-west-1, ap-southeast-5
-REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
-ACCOUNT_RE = re.compile(r"^\d{12}$")
-SSM_PREFIX_RE = re.compile(r"^(/[A-Za-z0-9_.\-]+)+$")
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")
+ACCOUNT_RE = re.compile(r"^\d{12}\Z")
+SSM_PREFIX_RE = re.compile(r"^(/[A-Za-z0-9_.\-]+)+\Z")
 ARCHITECTURES = {"amd64": "x86_64"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import gzip
 import json
 import os
 import shutil
@@ -157,6 +158,52 @@ def test_unparsable_user_data(node: Node) -> None:
     ]
 
 
+def test_user_data_that_is_not_utf8_or_repeats_a_key(node: Node) -> None:
+    node.user_data(FULL.replace(b"name: worker-1", b"name: w\xf6rker-1"))
+    status = node.apply()
+    assert (status["ok"], status["kubelet"]) == (False, "not configured")
+    assert status["errors"] == [
+        "not UTF-8: byte 0xf6 at line 22, column 12 is not valid UTF-8 (save the file as UTF-8)"
+    ]
+    node.user_data(FULL.replace(b"  node:\n", b"  node:\n    name: worker-2\n"))
+    assert node.apply()["errors"] == [
+        "spec.node.name: duplicate key 'name' (lines 22 and 23); a key may appear once in a "
+        "mapping (YAML would keep only the last)"
+    ]
+
+
+def test_deeply_nested_user_data_is_an_error_the_node_reports(node: Node) -> None:
+    node.user_data(b"spec: " + b"[" * 100_000)
+    status = node.apply()
+    assert (status["ok"], status["kubelet"]) == (False, "not configured")
+    assert status["errors"] == [
+        "not valid YAML at line 1, column 56: mappings and lists nest deeper than 50 levels"
+    ]
+
+
+def test_a_gzip_bomb_is_an_error_the_node_reports(node: Node) -> None:
+    node.user_data(gzip.compress(bytes(1 << 20)) * 64)  # 64 KiB that expand to 64 MiB
+    status = node.apply()
+    assert (status["ok"], status["source"], status["kubelet"]) == (False, None, "not configured")
+    assert status["errors"] == [
+        f"credential {node.creds}/hostbuild.nodeconfig: user-data is gzip that expands to over "
+        "1 MiB; decompressed user-data may be at most 1 MiB (all its gzip together)"
+    ]
+
+
+def test_a_key_credential_that_is_not_utf8_is_a_warning(node: Node) -> None:
+    node.user_data(FULL)
+    (node.creds / "ssh.authorized_keys.root").write_bytes(b"ssh-ed25519 AAAA r\xf6ot@example\n")
+    status = node.apply()
+    assert status["ok"] is True
+    assert status["warnings"] == [
+        f"credential {node.creds}/ssh.authorized_keys.root: not UTF-8: byte 0xf6 at line 1, "
+        "column 19 is not valid UTF-8 (save the file as UTF-8); its keys are not installed"
+    ]
+    keys = (node.run / "ssh/authorized_keys.root").read_text()
+    assert keys.startswith("ssh-ed25519 ") and "r\ufffdot" not in keys  # the NodeConfig's key
+
+
 def test_no_source_at_all(node: Node) -> None:
     status = node.apply()
     assert (status["ok"], status["source"], status["digest"]) == (True, None, None)
@@ -219,6 +266,17 @@ def test_validate_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert agent.main(["validate", "tests/data/nodeconfig/bad_unknown_key.yaml"]) == 2
     expected = (DATA / "nodeconfig" / "bad_unknown_key.expected").read_text()
     assert capsys.readouterr().err == expected
+
+
+def test_validate_command_names_what_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert agent.main(["validate", os.fspath(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"{tmp_path}: cannot be read: Is a directory\n"
+    bomb = tmp_path / "user-data"
+    bomb.write_bytes(gzip.compress(bytes(4 << 20)))
+    assert agent.main(["validate", os.fspath(bomb)]) == 2
+    assert capsys.readouterr().err.startswith(f"{bomb}: user-data is gzip that expands to over")
 
 
 def test_node_modules_import_only_the_stdlib_yaml_and_each_other() -> None:

@@ -205,3 +205,28 @@ def test_boot_help_names_the_machine_file_and_its_variable(run_cli: Cli) -> None
     result = run_cli("boot", "--help")
     assert "HOSTBUILD_QEMU_MACHINE" in result.output
     assert "qemu/machine.yaml" in result.output
+
+
+def test_boot_refuses_a_private_key_before_anything_else(run_cli: Cli, tmp_path: Path) -> None:
+    image, key = tmp_path / "x.raw", tmp_path / "id_ed25519"
+    image.write_bytes(b"")
+    key.write_text(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaA==\n-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    result = run_cli("boot", "--image", str(image), "--ssh-key", str(key))
+    assert result.exit_code == 2
+    assert (
+        f"Invalid value for --ssh-key: {key} is a private key; give the public one (like {key}.pub)"
+    ) in result.output
+
+
+def test_test_without_a_manifest_says_what_image_takes(run_cli: Cli, tmp_path: Path) -> None:
+    result = run_cli("test", "--image", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: no manifest.json in {str(tmp_path)!r}\n"
+        "(give the output directory of 'hostbuild image' (it holds manifest.json and NAME.raw))\n"
+    )
+    (tmp_path / "manifest.json").write_bytes(b"\xff")
+    result = run_cli("test", "--image", str(tmp_path))
+    assert result.output.startswith(f"Error: {tmp_path}/manifest.json: not a manifest of ")

@@ -65,6 +65,18 @@ def test_extra_config_merges_into_kubelet_configuration() -> None:
     assert b"  --node-ip=10.0.0.5 \\\n  $KUBELET_EXTRA_ARGS\n" in unit.content
 
 
+def test_extra_args_stand_for_themselves_on_execstart(tmp_path: Path) -> None:
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        "extends: worker\nkubelet:\n  extra_args:\n"
+        "    eviction-soft: memory.available<10%\n    node-labels: a=$HOME\n"
+    )
+    profile = load_profile(str(child))
+    unit = next(f for f in config_files(profile, build=1) if f.path.endswith("kubelet.service"))
+    assert b"  --eviction-soft=memory.available<10%% \\\n" in unit.content
+    assert b"  --node-labels=a=$$HOME \\\n" in unit.content
+
+
 def test_elements_follow_pinned_components() -> None:
     assert image_elements(load_profile("base")) == [
         "hostbuild-debian", "hostbuild-base", "hostbuild-boot",

@@ -96,3 +96,11 @@ def test_builds_recorded_before_root_hashes_are_not_checked(tmp_path: Path) -> N
     lock = load_lock(tmp_path / "x.lock.json")
     lock.record(entry("1.2.3-1", "a"))
     load_lock(tmp_path / "x.lock.json").check_reproduced("1.2.3-1", "a", "33" * 32)
+
+
+def test_a_lock_that_is_a_directory_or_not_utf8_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(HostbuildError, match="not a hostbuild lock file: .*Is a directory"):
+        load_lock(tmp_path)
+    (tmp_path / "x.lock.json").write_bytes(b"\xff")
+    with pytest.raises(HostbuildError, match="not a hostbuild lock file: 'utf-8' codec"):
+        load_lock(tmp_path / "x.lock.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,49 @@ def test_cli_validate_mime_user_data_without_our_part(run_cli: Cli, tmp_path: Pa
     result = run_cli("nodeconfig", "validate", str(user_data))
     assert result.exit_code == 2
     assert "multi-part user-data without a NodeConfig part" in result.output
+
+
+def test_cli_names_the_file_as_given(run_cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "x" / "bad.yaml"
+    bad.parent.mkdir()
+    bad.write_bytes((NODECONFIG / "bad_yaml.yaml").read_bytes())
+    result = run_cli("nodeconfig", "validate", str(bad))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: {bad}: not valid YAML at line 5, column 1: ")
+
+
+def test_cli_render_into_a_directory_that_cannot_be_made(run_cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out"
+    result = run_cli(
+        "nodeconfig", "validate", "tests/data/nodeconfig/full.yaml", "--render", str(out)
+    )
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-2:] == [
+        f"Error: cannot render into {out}: {out}/run/hostbuild: Not a directory",
+        "(give --render a directory you can write to)",
+    ]
+
+
+def test_cli_validate_refuses_a_gzip_bomb(run_cli: Cli, tmp_path: Path) -> None:
+    bomb = tmp_path / "user-data"
+    bomb.write_bytes(gzip.compress(bytes(1 << 20)) * 900)  # 900 MiB from under 1 MiB
+    result = run_cli("nodeconfig", "validate", str(bomb))
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: {bomb}: user-data is gzip that expands to over 1 MiB; decompressed user-data "
+        "may be at most 1 MiB (all its gzip together)\n"
+        "(1 problem in the NodeConfig; fix them and run again)\n"
+    )
+
+
+def test_urls_are_ascii() -> None:
+    mirror = {"url": "https://mirr\N{LATIN SMALL LETTER O WITH DIAERESIS}r.example.com/\U0001f600"}
+    spec = {"containerd": {"registries": {"_default": {"mirrors": [mirror]}}}}
+    with pytest.raises(InvalidConfig) as caught:
+        parse({"apiVersion": "hostbuild.dev/v1alpha1", "kind": "NodeConfig", "spec": spec})
+    assert [str(i) for i in caught.value.issues] == [
+        "spec.containerd.registries._default.mirrors[0].url: must be an https:// or http:// URL "
+        "in ASCII (a host in punycode, 'xn--...'; a path %-encoded), got "
+        f"{mirror['url']!r}"
+    ]

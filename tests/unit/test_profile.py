@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,57 @@ def test_every_bad_profile_has_expected_output() -> None:
     expected = {p.stem for p in BAD}
     assert bad - expected <= {"bad_cycle_b"}, "each bad_*.yaml needs a .expected file"
     assert len(expected) >= 12
+
+
+def issues_of(ref: str) -> list[str]:
+    with pytest.raises(ProfileError) as caught:
+        load_profile(ref)
+    return [str(i) for i in caught.value.issues]
+
+
+def test_files_are_named_as_given(tmp_path: Path) -> None:
+    bad = tmp_path / "x" / "bad.yaml"
+    bad.parent.mkdir()
+    bad.write_text("extends: worker\ndescription: [unclosed\n")
+    assert issues_of(str(bad)) == [
+        f"{bad}: not valid YAML at line 3, column 1: expected ',' or ']', but got '<stream end>'"
+    ]
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: x/../x/bad.yaml\n")
+    assert issues_of(str(child))[0].startswith(
+        f"{child}: extends: 'x/../x/bad.yaml' names {bad}, which is not a profile: not valid YAML"
+    )
+
+
+def test_extends_of_what_is_not_a_profile_file_names_the_extends(tmp_path: Path) -> None:
+    child = tmp_path / "child.yaml"
+    for target, problem in [
+        ("/dev/zero", "/dev/zero, which is not a profile: not a regular file, not a profile file"),
+        (os.fspath(tmp_path), f"{tmp_path}, which is not a profile: a directory, not a profile"),
+        ("./child.yaml", f"cycle in extends: {child} -> {child}"),
+    ]:
+        child.write_text(f"extends: {target}\n")
+        (issue,) = issues_of(str(child))
+        assert issue.startswith(f"{child}: extends: "), issue
+        assert problem in issue, issue
+    assert issues_of("profiles/") == ["profiles: a directory, not a profile file (NAME.yaml)"]
+
+
+def test_an_unreadable_or_huge_profile_is_an_issue(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"#" * (1 << 20) + b"\n")
+    assert issues_of(str(huge)) == [f"{huge}: over 1024 KiB: too big for a profile"]
+    if os.geteuid() != 0:  # root reads files whatever their mode
+        locked = tmp_path / "locked.yaml"
+        locked.write_text("description: x\n")
+        locked.chmod(0)
+        assert issues_of(str(locked)) == [f"{locked}: cannot be read: Permission denied"]
+
+
+def test_the_file_name_must_make_an_image_name(tmp_path: Path) -> None:
+    bad = tmp_path / "My Worker.yaml"
+    bad.write_text("extends: worker\n")
+    assert issues_of(str(bad)) == [
+        f"{bad}: the file name makes the image name 'My Worker'; allowed: a-z 0-9 . _ - (it is "
+        "os-release's IMAGE_ID, and names the image's partitions and boot entry)"
+    ]

@@ -10,8 +10,10 @@ import shutil
 import socket
 import threading
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,8 @@ import pytest
 
 from builder.node.command import CommandFailed
 from builder.node.sources import (
+    MAX_EXPANDED,
+    MAX_SIZE,
     Imds,
     SourceError,
     Sources,
@@ -172,8 +176,63 @@ def test_unreachable_service_gives_up_at_the_deadline() -> None:
 
 def test_gzip_user_data() -> None:
     assert extract_nodeconfig(gzip.compress(CONFIG)) == CONFIG
-    with pytest.raises(SourceError, match="does not decompress"):
+    two = gzip.compress(CONFIG[:20]) + gzip.compress(CONFIG[20:]) + bytes(8)  # padded, like gzip(1)
+    assert extract_nodeconfig(two) == CONFIG
+    with pytest.raises(SourceError, match="does not decompress: Error -3 "):
         extract_nodeconfig(b"\x1f\x8b" + b"garbage")
+    with pytest.raises(
+        SourceError, match="^user-data is gzip but does not decompress: it is trunc"
+    ):
+        extract_nodeconfig(gzip.compress(CONFIG)[:-9])
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    """A gzip bomb, made in steps of 1 MiB (never `size` bytes in memory at once)."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = bytes(1 << 20)
+    return b"".join([*(deflate.compress(chunk) for _ in range(size >> 20)), deflate.flush()])
+
+
+def test_a_gzip_bomb_is_refused_with_bounded_memory() -> None:
+    bomb = gzip_of_zeros(64 << 20)  # 64 KiB that expand to 64 MiB
+    assert len(bomb) < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(SourceError) as caught:
+            extract_nodeconfig(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value) == (
+        "user-data is gzip that expands to over 1 MiB; decompressed user-data may be at most "
+        "1 MiB (all its gzip together)"
+    )
+    assert peak < MAX_EXPANDED * 6, f"{peak} bytes to refuse the bomb"
+    # just under 1 MiB of gzip members that expand to 900 MiB together
+    many = gzip.compress(bytes(1 << 20)) * 900
+    assert len(many) <= MAX_SIZE
+    with pytest.raises(SourceError, match="^user-data is gzip that expands to over 1 MiB"):
+        extract_nodeconfig(many)
+
+
+def test_gzip_of_mime_parts_counts_together() -> None:
+    part = base64.encodebytes(gzip.compress(b"#" * (600 << 10)))
+    assert extract_nodeconfig(mime(("text/x-shellscript", part), transfer="base64")) is None
+    twice = mime(("text/x-shellscript", part), ("text/x-shellscript", part), transfer="base64")
+    with pytest.raises(SourceError, match=r"^MIME part 2 \(text/x-shellscript\) is gzip that"):
+        extract_nodeconfig(twice)
+    truncated = base64.encodebytes(gzip.compress(CONFIG)[:-9])
+    with pytest.raises(SourceError, match=r"^MIME part 1 \(text/yaml\) .* it is truncated$"):
+        extract_nodeconfig(mime(("text/yaml", truncated), transfer="base64"))
+
+
+def test_user_data_over_1_mib_is_refused_before_anything_else() -> None:
+    with pytest.raises(SourceError) as caught:
+        extract_nodeconfig(CONFIG + b"#" * MAX_SIZE)
+    assert str(caught.value) == (
+        "user-data is over 1 MiB; at most 1 MiB is allowed (a NodeConfig is a few KiB; EC2 "
+        "itself takes at most 16 KiB)"
+    )
 
 
 def mime(*parts: tuple[str, bytes], transfer: str = "") -> bytes:
@@ -375,3 +434,19 @@ def test_real_mount_helpers_report_failures(tmp_path: Path) -> None:
         pytest.skip("no mount command")
     with pytest.raises(command.CommandFailed, match="mount -o ro,nodev,nosuid,noexec"):
         command.mount_ro(tmp_path / "no-such-device", tmp_path)
+
+
+def test_deeply_nested_mime_is_refused_before_the_parser_recurses() -> None:
+    depth = 3000  # the email parser recurses into each: RecursionError, without the limit
+    data = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\nMIME-Version: 1.0\n\n--b%d\n' % (i, i)
+        for i in range(depth)
+    )
+    data += (
+        b"Content-Type: text/yaml\n\n"
+        + CONFIG
+        + b"".join(b"--b%d--\n" % i for i in reversed(range(depth)))
+    )
+    with pytest.raises(SourceError, match="^user-data has more than 20 MIME multi-part sections$"):
+        extract_nodeconfig(data)
+    assert extract_nodeconfig(mime(("text/yaml", CONFIG))) == CONFIG
