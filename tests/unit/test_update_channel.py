@@ -34,7 +34,7 @@ def version(v: str, **kw: Any) -> dict[str, Any]:
     return entry
 
 
-def manifest(*versions: dict[str, Any], image_id: str = "worker-standin") -> dict[str, Any]:
+def manifest(*versions: Any, image_id: str = "worker-standin") -> dict[str, Any]:
     return {"format": 1, "channel": "stable", "image_id": image_id, "versions": list(versions)}
 
 
@@ -134,7 +134,9 @@ def test_kubelet_moves_at_most_one_minor(running: str | None, new: str | None, o
     chosen, skipped = decide(data, Running("worker-standin", "0.1.0-2", running))
     assert (chosen == "0.1.0-3") is ok
     if not ok:
-        assert skipped == [("0.1.0-3", f"kubelet would move from {running} to {new}, more than one minor")]
+        assert skipped == [
+            ("0.1.0-3", f"kubelet would move from {running} to {new}, more than one minor")
+        ]
 
 
 def test_every_reason_is_given_and_the_first_acceptable_version_below_wins() -> None:
