@@ -15,10 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from builder.node import slots
 from builder.node.command import CommandFailed
+
+if TYPE_CHECKING:
+    from builder.node.updater import Node
 
 IMAGE = "worker-standin"
 MiB = 1 << 20
@@ -124,6 +127,13 @@ class FakeNode:
         (self.esp / "EFI/Linux/other_1.0.0-1.efi").write_bytes(b"not this image's")
         self.system = slots.System(sysfs=self.sys, dev=self.dev, root=self.root, run=self.run,
                                    stream=self.stream)  # fmt: skip
+
+    @property
+    def node(self) -> Node:
+        """The node as the updater sees it (a new object each time: it holds no state)."""
+        from builder.node.updater import Node
+
+        return Node(root=self.root, system=self.system, reboot=self.reboot, timeout=2.0)
 
     # the node's situation
     def os_release(self, version: str) -> None:
