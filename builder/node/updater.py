@@ -147,14 +147,14 @@ def start(node: Node, save: bool = True) -> Context:
         esp = bootentries.esp_path(node.system)
     except UpdateError as e:
         logger.warning("%s", e)
-    entries = bootentries.boot_entries(esp, image_id) if esp else {}
+    entries = bootentries.boot_entries(esp, image_id) if esp else None
     state = load_state(node.state_file)
     events = reconcile(state, version, boot_id, entries)
     for event in events:
         logger.info("%s", event)
     if events and save:
         save_state(node.state_file, state)
-    return Context(node, state, image_id, version, boot_id, esp, entries, events)
+    return Context(node, state, image_id, version, boot_id, esp, entries or {}, events)
 
 
 @contextlib.contextmanager

@@ -140,7 +140,7 @@ def fsync_dir(directory: Path) -> None:
 
 
 def reconcile(
-    state: State, running: str, boot_id: str, entries: Mapping[str, BootEntry]
+    state: State, running: str, boot_id: str, entries: Mapping[str, BootEntry] | None
 ) -> list[str]:
     """Settle what was staged against what booted; returns what changed, as sentences.
 
@@ -149,8 +149,12 @@ def reconcile(
       is gone), so the staged version failed on this node and is never taken again.
     - An entry of this image with no tries left, other than the running version's: it failed
       to boot (whoever installed it); recorded as failed too.
+
+    `entries` is None when the ESP could not be read: os-release and the state decide alone.
     """
     events = []
+    known = entries is not None
+    entries = entries or {}
     staged = state.staged
     if staged is not None and staged.get("version") == running:
         entry = entries.get(running)
@@ -168,7 +172,9 @@ def reconcile(
     elif staged is not None and staged.get("boot_id") != boot_id:
         version = str(staged.get("version"))
         entry = entries.get(version)
-        if entry is None:
+        if not known:
+            how = "the ESP could not be read to tell how"
+        elif entry is None:
             how = "its boot entry is gone"
         elif entry.bad:
             how = f"boot counting fell back (entry {entry.name}: no tries left)"
