@@ -63,6 +63,10 @@ def main(argv: Sequence[str], node: updater.Node | None = None) -> int:
             _print(json.dumps({"result": "error", "kind": e.kind, "detail": str(e)}, indent=2))
         print(f"hostbuild-node update {args.command}: {e.kind}: {e}", file=sys.stderr)  # noqa: T201 -- the CLI's output
         return 0 if e.kind == "not-configured" else 1
+    except Exception:
+        # a bug, not a fault of the repository or the node: the traceback goes to the journal
+        logger.exception("hostbuild-node update %s failed", args.command)
+        return 1
     return 0
 
 
