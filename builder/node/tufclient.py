@@ -156,7 +156,9 @@ class Repository:
     def fetch(self, info: TargetFile) -> Path:
         """The verified local copy of target `info` below downloads/ (resumed, not re-read)."""
         final = self.downloads / urllib.parse.quote(info.path, safe="")
-        partial = final.with_name(final.name + ".part")
+        # named after what it should become: a partial download of other bytes is never resumed
+        digest = next(iter(info.hashes.values()))
+        partial = final.with_name(f"{final.name}.{digest[:16]}.part")
         with translated(f"target {info.path!r}"):
             if final.exists():
                 if _verified(final, info):

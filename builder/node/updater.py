@@ -300,12 +300,15 @@ def download(ctx: Context, repo: Repository, entry: Entry) -> dict[str, Path]:
                 f"metadata {info.length}",
             )  # fmt: skip
     downloads = ctx.node.downloads
-    names = {urllib.parse.quote(info.path, safe="") for info in infos.values()}
-    keep = names | {n + ".part" for n in names}
+    names = tuple(urllib.parse.quote(info.path, safe="") for info in infos.values())
+
+    def ours(name: str) -> bool:  # a file of this version, or its partial download
+        return name in names or name.startswith(tuple(n + "." for n in names))
+
     for stale in downloads.iterdir():
-        if stale.name not in keep and not stale.name.startswith("channels%2F"):
+        if not ours(stale.name) and not stale.name.startswith("channels%2F"):
             stale.unlink(missing_ok=True)  # another version's: its space is needed
-    have = sum(p.stat().st_size for p in downloads.iterdir() if p.name in keep)
+    have = sum(p.stat().st_size for p in downloads.iterdir() if ours(p.name))
     need = sum(info.length for info in infos.values()) - have
     st = os.statvfs(downloads)
     free = st.f_bavail * st.f_frsize

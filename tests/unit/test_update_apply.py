@@ -326,3 +326,13 @@ def test_the_agent_hands_update_to_its_command_line(capsys: pytest.CaptureFixtur
         agent.main(["update", "--help"])
     assert e.value.code == 0
     assert "check,apply,reboot,status" in capsys.readouterr().out
+
+
+def test_downloads_of_other_versions_make_room(setup: Setup) -> None:
+    setup.publish(make_image("0.1.0-3"))
+    downloads = setup.fake.node.downloads
+    downloads.mkdir(parents=True)
+    (downloads / f"{IMAGE}%2F0.0.9-1%2Froot.zst.0123456789abcdef.part").write_bytes(b"old")
+    (downloads / f"{IMAGE}%2F0.0.9-1%2Fuki.zst").write_bytes(b"old")
+    setup.apply()
+    assert sorted(p.name for p in downloads.iterdir()) == ["channels%2Fstable.json"]
