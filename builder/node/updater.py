@@ -262,6 +262,8 @@ def apply(node: Node) -> dict[str, Any]:
             elif staged and staged.get("version") == entry.version:
                 detail = f"{entry.version} is staged already; reboot to boot it"
                 result = {"result": "staged", "version": entry.version, "detail": detail}
+            elif (waiting := unblessed(ctx)) is not None:
+                result = {"result": "nothing", "version": None, "detail": waiting}
             else:
                 files = download(ctx, repo, entry)
                 stage(ctx, entry, files)
@@ -280,6 +282,23 @@ def apply(node: Node) -> dict[str, Any]:
         }
         _save(ctx)
         return result | {"events": ctx.events}
+
+
+def unblessed(ctx: Context) -> str | None:
+    """Why the other slot must stay as it is now (None: it may be written).
+
+    While this boot still counts tries, the other slot and its UKI are what boot counting
+    falls back to if this version fails its health gate.
+    """
+    entry = ctx.entries.get(ctx.version)
+    if entry is None:
+        return f"not writing the other slot: {ctx.version} has no boot entry on the ESP"
+    if entry.tries_left is not None:
+        return (
+            f"not writing the other slot yet: this boot of {ctx.version} is not blessed "
+            f"({entry.name}), and the other slot is its fallback"
+        )
+    return None
 
 
 def _save(ctx: Context) -> None:

@@ -159,7 +159,10 @@ def reconcile(
     if staged is not None and staged.get("version") == running:
         entry = entries.get(running)
         blessed = entry is not None and entry.tries_left is None
-        state.booted = {"version": running, "time": now(), "blessed": blessed}
+        state.booted = {
+            "version": running, "time": now(), "blessed": blessed,
+            "digest": staged.get("digest"), "roothash": staged.get("roothash"),
+        }  # fmt: skip
         state.staged = None
         note = "its entry is blessed" if blessed else "its entry is not blessed yet"
         events.append(f"booted into the staged version {running} ({note})")
@@ -187,7 +190,11 @@ def reconcile(
     for entry in entries.values():
         if entry.bad and entry.version != running and entry.version not in state.failures():
             reason = f"boot entry {entry.name} has no tries left: it never reached a good boot"
-            record_failure(state, entry.version, reason, None, None)
+            booted = state.booted or {}
+            if booted.get("version") != entry.version:
+                booted = {}
+            record_failure(state, entry.version, reason, booted.get("digest"),
+                           booted.get("roothash"))  # fmt: skip
             events.append(f"{entry.version} failed: {reason}")
     return events
 

@@ -336,3 +336,36 @@ def test_downloads_of_other_versions_make_room(setup: Setup) -> None:
     (downloads / f"{IMAGE}%2F0.0.9-1%2Fuki.zst").write_bytes(b"old")
     setup.apply()
     assert sorted(p.name for p in downloads.iterdir()) == ["channels%2Fstable.json"]
+
+
+def test_the_other_slot_is_kept_while_this_boot_is_not_blessed(setup: Setup) -> None:
+    fake = setup.fake
+    setup.publish(make_image("0.1.0-3"))
+    setup.spend_tries(f"{IMAGE}_0.1.0-2.efi", f"{IMAGE}_0.1.0-2+2-1.efi")
+    result = setup.apply()
+    assert result["result"] == "nothing"
+    assert result["detail"] == (
+        f"not writing the other slot yet: this boot of 0.1.0-2 is not blessed "
+        f"({IMAGE}_0.1.0-2+2-1.efi), and the other slot is its fallback"
+    )
+    assert not [c for c in fake.calls if c[0] == "zstd" or c[0] == "sfdisk" and c[1] != "--json"]
+    assert f"{IMAGE}_0.1.0-1.efi" in fake.ukis()
+
+
+def test_a_version_that_fails_after_the_updater_saw_it_boot_keeps_its_digest(setup: Setup) -> None:
+    image = make_image("0.1.0-3")
+    setup.publish(image)
+    setup.apply()
+    setup.reboot_into("0.1.0-3", "b")  # a long health deadline: the timer runs before the verdict
+    setup.spend_tries(f"{NEW}+3.efi", f"{NEW}+1-2.efi")
+    setup.apply()
+    assert setup.state()["booted"]["blessed"] is False
+    setup.reboot_into("0.1.0-2", "a", "boot-3")
+    setup.spend_tries(f"{NEW}+1-2.efi", f"{NEW}+0-3.efi")
+    setup.apply()
+    failure = setup.state()["failed"]["0.1.0-3"]
+    assert failure["roothash"] == image.roothash
+    assert (
+        failure["reason"]
+        == f"boot entry {NEW}+0-3.efi has no tries left: it never reached a good boot"
+    )
