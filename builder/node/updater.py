@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import logging
@@ -375,7 +376,12 @@ def stage(ctx: Context, entry: Entry, files: dict[str, Path]) -> None:
     partitions = [os.fspath(slot.root.node), os.fspath(slot.verity.node)]
     state.writing = {"version": entry.version, "slot": slot.name, "time": now(),
                      "partitions": partitions}  # fmt: skip
-    save_state(ctx.node.state_file, state)
+    try:
+        save_state(ctx.node.state_file, state)  # before anything is touched
+    except OSError as e:
+        state.writing = None
+        kind = "no-space" if e.errno == errno.ENOSPC else "system"
+        raise UpdateError(kind, f"recording the write in {ctx.node.state_file}: {e}") from None
     try:
         # nothing may boot the slot while it is written: its UKI goes first, then its label
         removed = bootentries.remove_entries(ctx.esp, ctx.image_id, keep=ctx.version)
