@@ -12,7 +12,9 @@ import pytest
 from builder.node import bootentries, command, slots
 from builder.node.channel import Payload
 from builder.node.updatestate import UpdateError
-from tests.unit.updatefakes import IMAGE, FakeNode, MiB, make_image
+from tests.unit.updatefakes import IMAGE, ROOT_TYPE, VERITY_TYPE, FakeNode, MiB, make_image
+
+ROOT, VERITY = ROOT_TYPE, VERITY_TYPE
 
 
 @pytest.fixture
@@ -200,3 +202,55 @@ def test_the_real_zstd_decompresses_a_payload_as_the_build_makes_it(tmp_path: Pa
     with pytest.raises(UpdateError, match="decompressing broken.zst: zstd .* exited 1") as e:
         slots.write_partition(slots.System(), part, tmp_path / "broken.zst", payload(data))
     assert e.value.kind == "write"
+
+
+@pytest.mark.skipif(shutil.which("sfdisk") is None, reason="sfdisk is not installed")
+def test_the_real_sfdisk_reads_and_relabels_a_gpt(fake: FakeNode) -> None:
+    disk = fake.tmp / "disk.img"
+    with disk.open("wb") as f:
+        f.truncate(64 * MiB)
+    table = "label: gpt\n" + "".join(
+        f"size={size}M, type={ptype}, name={name}\n"
+        for size, ptype, name in [
+            (8, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "esp"),
+            (16, ROOT, f"{IMAGE}_0.1.0-2"), (4, VERITY, f"{IMAGE}_0.1.0-2_verity"),
+            (16, ROOT, "_empty"), (4, VERITY, "_empty"),
+        ]
+    )  # fmt: skip
+    command.run(["sh", "-c", f"printf '%s' '{table}' | sfdisk -q {disk}"])
+    system = slots.System(sysfs=fake.sys, dev=fake.dev, root=fake.root, run=command.run)
+    parts = slots.read_table(system, disk)
+    assert [(p.number, p.label, p.size) for p in parts] == [
+        (1, "esp", 8 * MiB), (2, f"{IMAGE}_0.1.0-2", 16 * MiB),
+        (3, f"{IMAGE}_0.1.0-2_verity", 4 * MiB), (4, "_empty", 16 * MiB), (5, "_empty", 4 * MiB),
+    ]  # fmt: skip
+    assert parts[3].type == ROOT.lower() and parts[3].node == Path(f"{disk}4")
+    running, other = slots.Slot("a", parts[1], parts[2]), slots.Slot("b", parts[3], parts[4])
+    roothash = make_image("0.1.0-3").roothash
+    root_uuid, _ = slots.roothash_uuids(roothash)
+    target = slots.Disk(disk, (running, other), running)
+    slots.set_identity(system, target, other.root, f"{IMAGE}_0.1.0-3", root_uuid)
+    again = slots.read_table(system, disk)[3]
+    assert (again.label, again.uuid) == (f"{IMAGE}_0.1.0-3", root_uuid)
+
+
+@pytest.mark.skipif(shutil.which("veritysetup") is None, reason="veritysetup is not installed")
+def test_the_real_veritysetup_verifies_a_slot_larger_than_its_image(tmp_path: Path) -> None:
+    root, hashes = tmp_path / "vda4", tmp_path / "vda5"
+    root.write_bytes(os.urandom(4 * MiB))
+    out = command.run(["veritysetup", "format", os.fspath(root), os.fspath(hashes),
+                       "--data-blocks=1024"])  # fmt: skip
+    roothash = out.split("Root hash:")[1].split()[0]
+    with root.open("r+b") as f:
+        f.truncate(8 * MiB)  # the slot is larger than the image written into it
+    with hashes.open("r+b") as f:
+        f.truncate(MiB)
+    slot = slots.Slot("b", slots.Partition(root, 4, ROOT, "", "x", 8 * MiB),
+                      slots.Partition(hashes, 5, VERITY, "", "x", MiB))  # fmt: skip
+    slots.verify_slot(slots.System(), slot, roothash)
+    with root.open("r+b") as f:
+        f.seek(MiB)
+        f.write(b"tampered")
+    with pytest.raises(UpdateError, match="does not verify against") as e:
+        slots.verify_slot(slots.System(), slot, roothash)
+    assert e.value.kind == "verify"
