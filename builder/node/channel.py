@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MANIFEST_FORMAT = 1
+CHANNEL_TARGET = "channels/{channel}.json"  # the manifest's TUF target path (the build side's too)
 NODE_LAYOUT = 2  # the disk layout this node's updater writes (README: "Disk layout v2")
 ROLES = ("root", "verity", "uki")
 VERSION = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?:-(0|[1-9][0-9]*))?$")

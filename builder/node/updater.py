@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import bootentries, slots
-from .channel import ChannelError, Decision, Entry, Manifest, Running, choose, parse_manifest
+from .channel import (
+    CHANNEL_TARGET,
+    ChannelError,
+    Decision,
+    Entry,
+    Manifest,
+    Running,
+    choose,
+    parse_manifest,
+)
 from .command import CommandFailed
 from .updatestate import (
     BootEntry,
@@ -205,7 +214,7 @@ def _check(ctx: Context) -> tuple[Repository, Manifest, Decision, Config]:
         repo.refresh()
         try:
             manifest = parse_manifest(
-                repo.fetch_json(f"channels/{config.channel}.json"), config.channel
+                repo.fetch_json(CHANNEL_TARGET.format(channel=config.channel)), config.channel
             )
         except ChannelError as e:
             raise UpdateError("rejected", f"channel {config.channel!r}: {e}") from None
