@@ -134,12 +134,13 @@ def config_files(profile: Profile, build: int) -> list[ImageFile]:
               render("journald.conf")),
         _text("hostbuild-base", "/usr/lib/hostbuild/os-release", release),
     ]  # fmt: skip
-    files += boot_files() + node_files()
+    files += boot_files() + node_files() + update_files()
     enable += [
         "ssh.service",
         "hostbuild-node.service",
         "hostbuild-health.service",
         "hostbuild-smoke.service",
+        "hostbuild-update.timer",
     ]
     for f in profile.files:
         files.append(_text("hostbuild-base", f.path, f.content, int(f.mode, 8)))
@@ -264,6 +265,21 @@ def node_files() -> list[ImageFile]:
         # matters more than an earlier verdict
         _text("hostbuild-base", f"{system}/systemd-timesyncd.service.d/50-hostbuild-startup.conf",
               render("startup-weight-low.conf")),
+    ]  # fmt: skip
+
+
+def update_files() -> list[ImageFile]:
+    """OS updates on the node (builder/node/updater.py): the timer and the unit it starts.
+
+    The repository's trusted root.json (/usr/lib/hostbuild/update/root.json) comes from the
+    update repository's build side, not from here.
+    """
+    system = "/usr/lib/systemd/system"
+    return [
+        _text("hostbuild-base", f"{system}/hostbuild-update.service",
+              render("hostbuild-update.service")),
+        _text("hostbuild-base", f"{system}/hostbuild-update.timer",
+              render("hostbuild-update.timer")),
     ]  # fmt: skip
 
 

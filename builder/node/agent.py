@@ -246,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     if args == ["apply"]:  # the boot unit: no argparse to import, a tenth of a second or more
         return _apply(Path("/"))
+    if args[:1] == ["update"]:  # OS updates: their own command line (updatecli)
+        from .updatecli import main as update_main
+
+        return update_main(args[1:])
     import argparse
 
     parser = argparse.ArgumentParser(prog="hostbuild-node", description=__doc__.splitlines()[0])
@@ -254,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("apply", help="fetch, validate and render (the default; the boot unit)")
     status = sub.add_parser("status", help="what the last apply did")
     status.add_argument("--json", action="store_true")
+    sub.add_parser("update", help="OS updates: check, apply, reboot, status (update --help)")
     validate = sub.add_parser("validate", help="check a NodeConfig or user-data file")
     validate.add_argument("file", type=Path)
     parsed = parser.parse_args(args)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess  # noqa: TID251 -- runs on the node, outside the builder
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
 class CommandFailed(Exception):
@@ -28,6 +31,39 @@ def run(argv: Sequence[str], timeout: float = 30.0) -> str:
             f"{shlex.join(argv)} exited {result.returncode}: {result.stderr.strip()[-300:]}"
         )
     return result.stdout
+
+
+@contextmanager
+def stream(argv: Sequence[str], timeout: float = 60.0) -> Iterator[IO[bytes]]:
+    """Run `argv` and yield its stdout as a binary stream (never read whole into memory).
+
+    Leaving the block early kills the command; after it, CommandFailed when it exited non-zero
+    (it then has `timeout` seconds to exit once its stdout is closed).
+    """
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+            )
+        except OSError as e:
+            raise CommandFailed(f"{shlex.join(argv)}: {e}") from None
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+            try:
+                returncode = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                returncode = proc.wait()
+        if returncode != 0:
+            stderr.seek(0)
+            tail = stderr.read()[-300:].decode(errors="replace").strip()
+            raise CommandFailed(f"{shlex.join(argv)} exited {returncode}: {tail}")
 
 
 def mount_ro(device: Path, mountpoint: Path) -> None:

@@ -280,7 +280,8 @@ def test_validate_command_names_what_it_cannot_read(
 
 
 def test_node_modules_import_only_the_stdlib_yaml_and_each_other() -> None:
-    """What runs on the node: the stdlib, PyYAML (the agent) and h2 (the health gate's gRPC)."""
+    """What runs on the node: the stdlib, PyYAML (the agent), h2 (the health gate's gRPC) and
+    python3-tuf (the updater's TUF client)."""
     for module in NODE.glob("*.py"):
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -291,7 +292,8 @@ def test_node_modules_import_only_the_stdlib_yaml_and_each_other() -> None:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                allowed = {"yaml"} | ({"h2"} if module.name == "grpc.py" else set())
+                extra = {"grpc.py": {"h2"}, "tufclient.py": {"tuf"}}.get(module.name, set())
+                allowed = {"yaml"} | extra
                 assert top in sys.stdlib_module_names or top in allowed, f"{module.name}: {name}"
 
 

@@ -43,3 +43,24 @@ def test_settle_gives_up_when_the_coldplug_never_runs(
     with pytest.raises(command.CommandFailed, match="coldplug did not run within 0.1 s"):
         command.settle(0.1, poll=0.01)
     assert "udevadm" not in log.read_text()
+
+
+def test_stream_yields_stdout_and_fails_on_a_nonzero_exit() -> None:
+    with command.stream(["sh", "-c", "head -c 3000000 /dev/zero; echo done >&2"]) as out:
+        assert sum(len(c) for c in iter(lambda: out.read(1 << 16), b"")) == 3_000_000
+    with (
+        pytest.raises(command.CommandFailed, match=r"exited 3: broken"),
+        command.stream(["sh", "-c", "echo broken >&2; exit 3"]) as out,
+    ):
+        out.read()
+    with (
+        pytest.raises(command.CommandFailed, match="no-such-program"),
+        command.stream(["no-such-program"]),
+    ):
+        pass
+
+
+def test_stream_kills_the_command_when_the_reader_gives_up() -> None:
+    with pytest.raises(ValueError, match="enough"), command.stream(["yes"]) as out:
+        out.read(10)
+        raise ValueError("enough")
