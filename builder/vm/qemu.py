@@ -82,7 +82,9 @@ class GuestForward:
     guest_port: int
     host_port: int
 
-    def option(self) -> str:
+    def option(self, relay: Path) -> str:
+        """The -netdev option: each connection runs `relay` (builder/vm/relay.py, copied into
+        the VM's work directory) to reach the host port."""
         net = ipaddress.ip_network("10.0.2.0/24")
         reserved = {"10.0.2.2", "10.0.2.3", "10.0.2.4", "10.0.2.15"}  # gateway, DNS, SMB, guest
         try:
@@ -94,7 +96,10 @@ class GuestForward:
                 f"guest forward address {self.guest_addr!r} is not a free address of 10.0.2.0/24",
                 hint="use e.g. 10.0.2.100 (QEMU keeps .2, .3, .4 and .15 for itself)",
             )
-        return f"guestfwd=tcp:{self.guest_addr}:{self.guest_port}-tcp:127.0.0.1:{self.host_port}"
+        if "," in os.fspath(relay):
+            raise VmError(f"the VM work directory {relay.parent} has a comma (QEMU's separator)")
+        target = f"cmd:python3 {relay} {self.host_port}"
+        return f"guestfwd=tcp:{self.guest_addr}:{self.guest_port}-{target}"
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,11 @@ class VmFiles:
     @property
     def qmp(self) -> Path:
         return self.workdir / "qmp.sock"
+
+    @property
+    def relay(self) -> Path:
+        """The guest forwards' relay (builder/vm/relay.py), copied here when a VM has any."""
+        return self.workdir / "relay.py"
 
     @property
     def pidfile(self) -> Path:
@@ -190,7 +200,7 @@ def qemu_argv(config: VmConfig, files: VmFiles, accelerator: Accelerator, port: 
         "-device", with_option(machine.disk.device, "drive=disk"),
         "-netdev", ",".join([
             "user,id=n0,restrict=on", f"hostfwd=tcp:127.0.0.1:{port}-:22",
-            *(forward.option() for forward in config.guest_forwards),
+            *(forward.option(files.relay) for forward in config.guest_forwards),
         ]),
         "-device", with_option(machine.network.nic, "netdev=n0"),
         *(arg for device in machine.devices for arg in ("-device", device)),
@@ -291,6 +301,8 @@ def boot_vm(config: VmConfig, tools: ToolsTree, workdir: Path) -> Iterator[Vm]:
                     binds=[overlay.parent], readonly=[image],
                 )  # fmt: skip
             argv = qemu_argv(config, files, accelerator, port)
+            if config.guest_forwards:
+                shutil.copyfile(Path(__file__).with_name("relay.py"), files.relay)
             binds = sorted({files.workdir, files.serial_log.parent, overlay.parent})
             process = spawn(tools.argv(argv, binds, readonly=[image]), output=files.output)
             vm = Vm(process, files, port, accelerator)

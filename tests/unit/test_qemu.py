@@ -31,6 +31,7 @@ from builder.vm.qemu import (
     qemu_argv,
     smbios_credentials,
 )
+from builder.vm.relay import relay
 
 MACHINE = load_machine()  # qemu/machine.yaml
 
@@ -457,8 +458,32 @@ def test_guest_forwards_reach_only_the_hosts_loopback(tmp_path: Path) -> None:
     netdev = argv[argv.index("-netdev") + 1]
     assert netdev == (
         "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"
-        "guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8431"
+        f"guestfwd=tcp:10.0.2.100:80-cmd:python3 {tmp_path / 'relay.py'} 8431"
     )
     for bad in ("10.0.2.2", "10.0.3.100", "192.168.1.1", "updates.example.com"):
         with pytest.raises(VmError, match="is not a free address of 10.0.2.0/24"):
-            GuestForward(bad, 80, 8431).option()
+            GuestForward(bad, 80, 8431).option(tmp_path / "relay.py")
+
+
+def test_the_relay_carries_a_connection_both_ways(tmp_path: Path) -> None:
+    """relay.py between a pipe pair (what QEMU gives it) and an echo server on 127.0.0.1."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(1024):
+                conn.sendall(data.upper())
+
+    threading.Thread(target=echo, daemon=True).start()
+    guest_in, to_relay = os.pipe()
+    from_relay, guest_out = os.pipe()
+    thread = threading.Thread(target=relay, args=(server.getsockname()[1], guest_in, guest_out))
+    thread.start()
+    os.write(to_relay, b"get /metadata/timestamp.json")
+    os.close(to_relay)  # the guest is done sending: the relay ends when the host closes
+    thread.join(10)
+    os.close(guest_out)
+    assert os.read(from_relay, 1024) == b"GET /METADATA/TIMESTAMP.JSON"
+    assert not thread.is_alive()
+    server.close()
