@@ -28,7 +28,7 @@ DIFFOSCOPE_FILES = 5
 
 
 @dataclass(frozen=True)
-class Build:
+class BuiltImage:
     output: Path
     manifest: dict[str, Any]
 
@@ -41,8 +41,8 @@ class Build:
         return next(p for p in parts if p["role"] == role)
 
 
-def load_build(output: Path) -> Build:
-    return Build(output, json.loads((output / "manifest.json").read_text()))
+def load_build(output: Path) -> BuiltImage:
+    return BuiltImage(output, json.loads((output / "manifest.json").read_text()))
 
 
 def _sha256_range(path: Path, start: int, size: int) -> str:
@@ -63,7 +63,7 @@ def _sha256(path: Path) -> str:
     return _sha256_range(path, 0, path.stat().st_size)
 
 
-def output_digests(build: Build) -> dict[str, str]:
+def output_digests(build: BuiltImage) -> dict[str, str]:
     """sha256 of each output named in OUTPUTS (slot, verity and ESP as written into the raw)."""
     name = build.manifest["name"]
     slot = build.manifest["slot"]
@@ -86,12 +86,12 @@ def output_digests(build: Build) -> dict[str, str]:
     }
 
 
-def differing_outputs(a: Build, b: Build) -> list[str]:
+def differing_outputs(a: BuiltImage, b: BuiltImage) -> list[str]:
     da, db = output_digests(a), output_digests(b)
     return [key for key in OUTPUTS if da[key] != db[key]]
 
 
-def extract_partition(build: Build, role: str, size: int, dest: Path) -> Path:
+def extract_partition(build: BuiltImage, role: str, size: int, dest: Path) -> Path:
     start = build.partition(role)["start"]
     with build.raw.open("rb") as src, dest.open("wb") as dst:
         src.seek(start)
@@ -103,7 +103,7 @@ def extract_partition(build: Build, role: str, size: int, dest: Path) -> Path:
     return dest
 
 
-def extract_root(build: Build, tools: ToolsTree, work: Path) -> Path:
+def extract_root(build: BuiltImage, tools: ToolsTree, work: Path) -> Path:
     """Root slot A's tree, unpacked with fsck.erofs --extract (owners, modes, xattrs kept)."""
     work.mkdir(parents=True, exist_ok=True)
     image = extract_partition(
@@ -115,7 +115,7 @@ def extract_root(build: Build, tools: ToolsTree, work: Path) -> Path:
     return root
 
 
-def extract_esp(build: Build, tools: ToolsTree, work: Path) -> Path:
+def extract_esp(build: BuiltImage, tools: ToolsTree, work: Path) -> Path:
     """The ESP's files, copied out with mtools (timestamps kept)."""
     work.mkdir(parents=True, exist_ok=True)
     image = extract_partition(build, "esp", build.partition("esp")["size"], work / "esp.img")
@@ -176,7 +176,7 @@ def diffoscope(a: Path, b: Path, limit: int = 4000) -> str:
     return (result.stdout + result.stderr)[:limit]
 
 
-def explain(a: Build, b: Build, tools: ToolsTree, work: Path) -> str:
+def explain(a: BuiltImage, b: BuiltImage, tools: ToolsTree, work: Path) -> str:
     """Which outputs differ and, for the slot and the ESP, which files and how."""
     outputs = differing_outputs(a, b)
     if not outputs:

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import testinfra
 from click.testing import CliRunner
@@ -19,17 +18,8 @@ from builder.build.toolstree import ToolsTree
 from builder.cli import cli
 from builder.run import run
 from builder.vm.qemu import Vm, VmConfig, boot_vm
+from tests.reproducible import BuiltImage as BuiltImage  # one definition, re-exported
 from tests.standin import PROFILE, make_mirror
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    output: Path
-    manifest: dict[str, Any]
-
-    @property
-    def raw(self) -> Path:
-        return self.output / f"{self.manifest['name']}.raw"
 
 
 def build_standin_image(cache: Path, work: Path, update_root: Path | None = None) -> BuiltImage:
@@ -142,9 +132,7 @@ def tampered_copy(image: BuiltImage, work: Path) -> Path:
     """A copy of the raw image with bytes flipped in root slot A's erofs superblock."""
     copy = work / "tampered.raw"
     run(["cp", "--sparse=always", image.raw, copy])
-    start = next(
-        p["start"] for p in image.manifest["layout"]["partitions"] if p["role"] == "root-a"
-    )
+    start = image.partition("root-a")["start"]
     with copy.open("r+b") as f:
         f.seek(start + 1024)
         block = bytearray(f.read(64))

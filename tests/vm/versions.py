@@ -22,7 +22,7 @@ from builder.disk.esp import uki_filename
 from builder.disk.payload import build_payload
 from builder.disk.slot import make_slot
 from builder.disk.uki import build_uki, kernel_cmdline
-from tests.reproducible import extract_root, load_build
+from tests.reproducible import extract_root
 from tests.vm.image import BuiltImage, uki_sections
 
 MARKER = "/usr/lib/hostbuild/test-version"
@@ -53,11 +53,10 @@ def derive_version(
 ) -> TestVersion:  # fmt: skip
     """Version `version` of `image`: its tree with the new os-release, MARKER and extra files
     (path: (content, mode)), its command line with `extra_cmdline` appended."""
-    base = load_build(image.output)
     image_id = image.manifest["profile"]
     name = f"{image_id}-{version}"
     shutil.rmtree(work, ignore_errors=True)
-    tree = extract_root(base, tools, work / "extract")
+    tree = extract_root(image, tools, work / "extract")
     set_version(tree, image_id, version)
     for path, (content, mode) in (extra_files or {}).items():
         target = tree / path.lstrip("/")
