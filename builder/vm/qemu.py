@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -23,11 +22,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from builder.build.toolstree import OVMF_VARS, ToolsTree
-from builder.errors import HostbuildError
 from builder.log import step
 from builder.run import Spawned, spawn
+from builder.vm.errors import VmError as VmError  # callers catch it with the harness
 from builder.vm.machine import Accelerator as Accelerator  # callers name it with VmConfig
 from builder.vm.machine import Machine, display, find_firmware, load_machine, with_option
+from builder.vm.qmp import Qmp
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ STOP_TIMEOUT = 10.0
 SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the NUL
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 _ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
-
-
-class VmError(HostbuildError):
-    """The VM did not reach the state we waited for, or QEMU failed."""
 
 
 @dataclass(frozen=True)
@@ -322,7 +318,7 @@ class Vm:
     ) -> None:
         self._process = process
         self._files = files
-        self._qmp: _Qmp | None = None
+        self._qmp: Qmp | None = None
         self.ssh_port = ssh_port
         self.accelerator = accelerator
         self.started = time.monotonic()
@@ -407,7 +403,7 @@ class Vm:
     def qmp(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Run a QMP command and return its result."""
         if self._qmp is None:
-            self._qmp = _Qmp.connect(self._files.qmp, timeout=STOP_TIMEOUT)
+            self._qmp = Qmp.connect(self._files.qmp, timeout=STOP_TIMEOUT)
         return self._qmp.execute(command, arguments)
 
     def status(self) -> str:
@@ -477,56 +473,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-class _Qmp:
-    """A minimal QMP client over QEMU's unix socket: one command at a time, events skipped."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._reader = sock.makefile("rb")
-
-    @classmethod
-    def connect(cls, path: Path, timeout: float) -> _Qmp:
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
-                sock.connect(os.fspath(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError) as e:
-                sock.close()
-                if time.monotonic() >= deadline:
-                    raise VmError(f"cannot connect to QEMU's QMP socket {path}: {e}") from e
-                time.sleep(0.1)
-        qmp = cls(sock)
-        qmp._read()  # the greeting
-        qmp.execute("qmp_capabilities")
-        return qmp
-
-    def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        message: dict[str, Any] = {"execute": command}
-        if arguments:
-            message["arguments"] = dict(arguments)
-        logger.debug("QMP %s", json.dumps(message))
-        self._sock.sendall(json.dumps(message).encode() + b"\n")
-        while True:
-            reply = self._read()
-            if "return" in reply:
-                return reply["return"]
-            if "error" in reply:
-                error = reply["error"]
-                raise VmError(f"QMP {command} failed: {error.get('desc', error)}")
-            # anything else is an asynchronous event
-
-    def _read(self) -> dict[str, Any]:
-        line = self._reader.readline()
-        if not line:
-            raise VmError("QEMU closed the QMP connection")
-        reply: dict[str, Any] = json.loads(line)
-        return reply
-
-    def close(self) -> None:
-        self._reader.close()
-        self._sock.close()
