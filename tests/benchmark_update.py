@@ -34,7 +34,7 @@ from builder.cli import cli
 from builder.vm.qemu import GuestForward, VmConfig, boot_vm
 from tests.vm.conftest import cache_dir, debian_mirror
 from tests.vm.image import BuiltImage, Node, build_standin_image, make_ssh_key, ssh_config
-from tests.vm.test_update import nodeconfig, running
+from tests.vm.updatenode import nodeconfig, running
 from tests.vm.updaterepo import GUEST_ADDR, UpdateRepo, make_repo
 from tests.vm.versions import derive_version
 

@@ -8,11 +8,14 @@ slot is written leaves nothing that could boot a half-written slot.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
 from pathlib import Path
+from typing import IO
 
+from . import failpoints
 from .channel import Payload
 from .command import CommandFailed
 from .slots import CHUNK, ZSTD, System
@@ -98,6 +101,11 @@ def check_space(esp: Path, image_id: str, keep: str, payload: Payload) -> None:
         )
 
 
+def _sync(f: IO[bytes]) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def install_uki(system: System, esp: Path, image_id: str, version: str, source: Path,
                 payload: Payload) -> str:  # fmt: skip
     """Decompress `source` to `EFI/Linux/IMAGEID_VERSION+3.efi` (checked, synced, renamed)."""
@@ -116,6 +124,8 @@ def install_uki(system: System, esp: Path, image_id: str, version: str, source: 
                     )
                 digest.update(chunk)
                 f.write(chunk)
+                failpoints.reached("uki-copy", written >= payload.size // 2,
+                                   functools.partial(_sync, f))  # fmt: skip
             f.flush()
             os.fsync(f.fileno())
         if written != payload.size or digest.hexdigest() != payload.sha256:

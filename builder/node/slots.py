@@ -10,6 +10,7 @@ signed root hash; its UUIDs and label are set (sfdisk) only after that.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import command
+from . import command, failpoints
 from .channel import Payload
 from .command import CommandFailed
 from .updatestate import UpdateError
@@ -39,7 +40,9 @@ VERITY_TYPES = {
 EMPTY_LABEL = "_empty"
 MAX_LABEL = 36  # UTF-16 code units in a GPT partition name
 CHUNK = 1 << 20
-ZSTD = ("zstd", "-d", "-c", "-q", "--no-progress", "--long=27")  # the payload's window
+# A payload's match window is 32 MiB at most (builder/disk/payload.py): zstd refuses a frame
+# that needs more, so decompressing never takes more memory, whatever the payload's size
+ZSTD = ("zstd", "-d", "-c", "-q", "--no-progress", "--long=25")
 VERIFY_TIMEOUT = 3600.0  # veritysetup reads the whole slot at idle I/O priority
 
 
@@ -219,8 +222,12 @@ def clear_slot(system: System, disk: Disk, slot: Slot) -> None:
             set_identity(system, disk, part, EMPTY_LABEL)
 
 
-def write_partition(system: System, part: Partition, source: Path, payload: Payload) -> None:
-    """Stream the zstd file `source` into `part`; its size and sha256 must be the signed ones."""
+def write_partition(system: System, part: Partition, source: Path, payload: Payload,
+                    failpoint: str | None = None) -> None:  # fmt: skip
+    """Stream the zstd file `source` into `part`; its size and sha256 must be the signed ones.
+
+    `failpoint` is reached once half of it is written (see failpoints).
+    """
     digest = hashlib.sha256()
     written = 0
     try:
@@ -237,6 +244,9 @@ def write_partition(system: System, part: Partition, source: Path, payload: Payl
                     )
                 digest.update(chunk)
                 _write_all(fd, chunk)
+                if failpoint is not None:
+                    failpoints.reached(failpoint, written >= payload.size // 2,
+                                       functools.partial(os.fsync, fd))  # fmt: skip
         os.fsync(fd)
     except CommandFailed as e:
         raise UpdateError("write", f"decompressing {source.name}: {e}") from None

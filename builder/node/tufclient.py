@@ -9,6 +9,7 @@ with `TargetFile.verify_length_and_hashes` before anything uses it.
 from __future__ import annotations
 
 import errno
+import functools
 import http.client
 import json
 import logging
@@ -18,10 +19,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tuf.api import exceptions
 from tuf.api.metadata import Metadata, Root, TargetFile
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 METADATA_PATH = "metadata/"
 TARGETS_PATH = "targets/"
 CHUNK = 1 << 20  # a resumed download fetches at most this much again
+SYNC_EVERY = 16 << 20  # a power cut loses at most this much of a download
 TIMEOUT = 30.0  # seconds without progress: a slow or silent repository fails the run
 MAX_JSON = 1 << 20  # a channel manifest larger than this is refused before it is read
 USER_AGENT = "hostbuild-node"
@@ -85,11 +87,16 @@ class Fetcher(FetcherInterface):
                 yield chunk
 
 
-def download_resumable(fetcher: Fetcher, url: str, partial: Path, length: int) -> None:
+def download_resumable(
+    fetcher: Fetcher, url: str, partial: Path, length: int,
+    progress: Callable[[int, Callable[[], None]], None] | None = None,
+) -> None:  # fmt: skip
     """Fill `partial` with the `length` bytes at `url`, continuing what an earlier run got.
 
     The last (possibly torn) chunk of an earlier run is fetched again; a server that ignores
-    the range request sends the whole file, which then replaces the partial one.
+    the range request sends the whole file, which then replaces the partial one. What arrived
+    is synced every SYNC_EVERY bytes, so a power cut loses at most that much of it.
+    `progress(received, sync)` is called after every chunk.
     """
     have = partial.stat().st_size if partial.exists() else 0
     if have > length:
@@ -114,10 +121,18 @@ def download_resumable(fetcher: Fetcher, url: str, partial: Path, length: int) -
                     f"{url}: more than the {length} bytes its signed metadata gives"
                 )
             f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
+            if received % SYNC_EVERY < len(chunk):
+                _sync(f)
+            if progress is not None:
+                progress(received, functools.partial(_sync, f))
+        _sync(f)
     if received < length:
         raise exceptions.DownloadError(f"{url}: truncated at {received} of {length} bytes")
+
+
+def _sync(f: IO[bytes]) -> None:
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _resumes_at(response: http.client.HTTPResponse, start: int) -> bool:
@@ -153,7 +168,9 @@ class Repository:
             raise UpdateError("rejected", f"target {path!r} is not in the signed targets metadata")
         return info
 
-    def fetch(self, info: TargetFile) -> Path:
+    def fetch(
+        self, info: TargetFile, progress: Callable[[int, Callable[[], None]], None] | None = None
+    ) -> Path:
         """The verified local copy of target `info` below downloads/ (resumed, not re-read)."""
         final = self.downloads / urllib.parse.quote(info.path, safe="")
         # named after what it should become: a partial download of other bytes is never resumed
@@ -165,7 +182,9 @@ class Repository:
                     return final
                 final.unlink()
             try:
-                download_resumable(self.fetcher, self._target_url(info), partial, info.length)
+                download_resumable(
+                    self.fetcher, self._target_url(info), partial, info.length, progress
+                )
             except exceptions.DownloadLengthMismatchError:
                 partial.unlink()  # the server sends something else than what was signed
                 raise

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import bootentries, slots
+from . import bootentries, failpoints, slots
 from .channel import (
     CHANNEL_TARGET,
     ChannelError,
@@ -346,7 +346,13 @@ def download(ctx: Context, repo: Repository, entry: Entry) -> dict[str, Path]:
             "no-space", f"{entry.version} needs {need >> 20} MiB more on /var for its download "
             f"(and {SPACE_MARGIN >> 20} MiB to spare), {free >> 20} MiB are free",
         )  # fmt: skip
-    return {role: repo.fetch(info) for role, info in infos.items()}
+
+    def progress(received: int, sync: Callable[[], None]) -> None:
+        failpoints.reached("download", received >= infos["root"].length // 2, sync)
+
+    return {
+        role: repo.fetch(info, progress if role == "root" else None) for role, info in infos.items()
+    }
 
 
 def recover(ctx: Context) -> None:
@@ -396,13 +402,14 @@ def stage(ctx: Context, entry: Entry, files: dict[str, Path]) -> None:
         removed = bootentries.remove_entries(ctx.esp, ctx.image_id, keep=ctx.version)
         logger.info("removed %s; writing %s", ", ".join(removed) or "no UKI", slot.describe())
         slots.clear_slot(system, disk, slot)
-        slots.write_partition(system, slot.root, files["root"], entry.files["root"])
+        slots.write_partition(system, slot.root, files["root"], entry.files["root"], "root-write")
         slots.write_partition(system, slot.verity, files["verity"], entry.files["verity"])
         slots.verify_slot(system, slot, entry.roothash)
         root_uuid, verity_uuid = slots.roothash_uuids(entry.roothash)
         slots.set_identity(system, disk, slot.root, label, root_uuid)
         slots.set_identity(system, disk, slot.verity, f"{label}_verity", verity_uuid)
         os.sync()
+        failpoints.reached("before-uki")
         name = bootentries.install_uki(
             system, ctx.esp, ctx.image_id, entry.version, files["uki"], entry.files["uki"]
         )

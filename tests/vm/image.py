@@ -66,6 +66,8 @@ def ssh_config(path: Path, port: int, key: SshKey) -> Path:
         "  UserKnownHostsFile /dev/null\n"
         "  LogLevel ERROR\n"
         "  ConnectTimeout 10\n"
+        "  ServerAliveInterval 5\n"
+        "  ServerAliveCountMax 6\n"
     )
     return path
 

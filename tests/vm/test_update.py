@@ -8,90 +8,28 @@ reaches at http://10.0.2.100/ (its only way out of its restricted network).
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from builder.build.toolstree import ToolsTree
-from builder.vm.qemu import VmConfig, boot_vm
-from tests.vm.image import BuiltImage, Node, SshKey, ssh_config
-from tests.vm.updaterepo import GUEST_URL, UpdateRepo, serving
+from tests.vm.image import BuiltImage, SshKey
+from tests.vm.updatenode import (
+    BOOT_TIMEOUT,
+    entries,
+    node_on,
+    reboot,
+    running,
+    update_json,
+    wait_until,
+)
+from tests.vm.updaterepo import UpdateRepo
 from tests.vm.versions import MARKER, derive_version
 
 pytestmark = pytest.mark.vm
-
-BOOT_TIMEOUT = 400.0
 V2, V3, V4 = "0.1.1-1", "0.1.2-1", "0.1.3-1"
 FAILING_PROBE = "#!/bin/sh\necho 'this version fails its health gate' >&2\nexit 1\n"
-
-
-def nodeconfig(key: SshKey) -> bytes:
-    config = {
-        "apiVersion": "hostbuild.dev/v1alpha1", "kind": "NodeConfig",
-        "spec": {
-            "admin": {"sshAuthorizedKeys": [key.public.strip()]},
-            "updates": {"repository": GUEST_URL, "channel": "stable"},
-        },
-    }  # fmt: skip
-    return yaml.safe_dump(config).encode()
-
-
-@contextmanager
-def node_on(
-    image: BuiltImage, tools: ToolsTree, work: Path, disk: Path, key: SshKey, repo: UpdateRepo
-) -> Iterator[Node]:
-    work.mkdir(parents=True)
-    with serving(repo.served) as forward:
-        config = VmConfig(image=image.raw, credentials={"hostbuild.nodeconfig": nodeconfig(key)},
-                          serial_log=work / "serial.log", disk=disk,
-                          guest_forwards=(forward,))  # fmt: skip
-        with boot_vm(config, tools, work) as vm:
-            vm.wait_for_ssh(BOOT_TIMEOUT)
-            node = Node(vm, ssh_config(work / "ssh_config", vm.ssh_port, key))
-            node.wait_for("systemctl is-active multi-user.target")
-            yield node
-            vm.poweroff()
-
-
-def update_json(node: Node, verb: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(node.sh(f"hostbuild-node update {verb} --json"))
-    return result
-
-
-def reboot(node: Node) -> None:
-    node.host.run("systemctl reboot")
-    time.sleep(15)
-    node.vm.wait_for_ssh(BOOT_TIMEOUT)
-    node.wait_for("systemctl is-active multi-user.target")
-
-
-def running(node: Node) -> tuple[str, str]:
-    """The running version (os-release) and the partition under / (through dm-verity)."""
-    release = dict(
-        line.split("=", 1)
-        for line in node.sh("cat /usr/lib/os-release").splitlines()
-        if "=" in line
-    )
-    slave = node.sh("ls /sys/block/$(basename $(readlink -f /dev/mapper/root))/slaves").split()
-    return release["IMAGE_VERSION"], " ".join(sorted(slave))
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, f"no {what} within {timeout:g} s"
-        time.sleep(2)
-
-
-def entries(node: Node) -> list[str]:
-    linux = node.sh("bootctl --print-esp-path").strip() + "/EFI/Linux"
-    return sorted(node.sh(f"ls {linux}").split())
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +47,7 @@ def test_updates_alternate_slots_and_a_failed_version_rolls_back(
     derived = tmp_path / "versions"
     v2 = derive_version(image, tools_tree, derived / "v2", V2, upgrade_from=v1)
     update_repo.add(v2.output)
-    with node_on(image, tools_tree, tmp_path / "boot1", disk, key, update_repo) as node:
+    with node_on(image, tools_tree, tmp_path / "boot1", disk, key, update_repo.served) as node:
         assert running(node)[0] == v1
         machine_id = node.sh("cat /etc/machine-id").strip()
         node.sh("echo kept > /var/lib/hostbuild/update-test && sync")

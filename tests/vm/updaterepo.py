@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
 
@@ -57,14 +59,46 @@ def make_repo(work: Path) -> UpdateRepo:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files, with `Range: bytes=N-` honoured (a resumed download gets the rest)."""
+
+    requests: list[tuple[str, str | None]] | None = None
+
+    def send_head(self) -> Any:
+        wanted = self.headers.get("Range")
+        if self.requests is not None:
+            self.requests.append((self.path, wanted))
+        m = re.fullmatch(r"bytes=([0-9]+)-", wanted or "")
+        path = Path(self.translate_path(self.path))
+        if m is None or not path.is_file():
+            return super().send_head()
+        start, size = int(m.group(1)), path.stat().st_size
+        if start >= size:
+            self.send_error(416, "Range Not Satisfiable")
+            return None
+        f = path.open("rb")
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(os.fspath(path)))
+        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.end_headers()
+        return f
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 @contextmanager
-def serving(directory: Path) -> Iterator[GuestForward]:
-    """Serve `directory` on 127.0.0.1; the guest forward that reaches it from the guest."""
-    handler = functools.partial(_QuietHandler, directory=os.fspath(directory))
+def serving(
+    directory: Path, requests: list[tuple[str, str | None]] | None = None
+) -> Iterator[GuestForward]:
+    """Serve `directory` on 127.0.0.1; the guest forward that reaches it from the guest.
+
+    Each request's path and Range header is appended to `requests`.
+    """
+    handler = functools.partial(
+        type("Handler", (_QuietHandler,), {"requests": requests}), directory=os.fspath(directory)
+    )
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
