@@ -191,7 +191,7 @@ def test_bad_repository_states_are_refused_and_the_other_slot_is_untouched(
             for info in data["signed"]["targets"].values():
                 info["hashes"]["sha256"] = "0" * 64
             targets.write_bytes(json.dumps(data).encode())
-            refused(node, "check", "targets")
+            refused(node, "check", "does not match its signed length or hashes")
         assert update_json(node, "check")["chosen"] == NEW
 
         # an expired timestamp, then one signed by a key the root does not trust
@@ -226,7 +226,8 @@ def test_bad_repository_states_are_refused_and_the_other_slot_is_untouched(
         assert not node.host.run("ls /var/lib/hostbuild/update/downloads/*.part").stdout.strip()
 
         assert slot_digest(node, other) == before
-        status = update_json(node, "status")
+        status = json.loads(node.host.run("hostbuild-node update status --json").stdout)
+        assert status["last_apply"]["kind"] == "rejected", status  # status exits 1 for it
         assert status.get("staged") is None and not status.get("failed"), status
         assert other_slot(node)["label"] == "_empty"
         assert new.manifest["version"] == NEW
