@@ -35,6 +35,13 @@ from .channel import (
     parse_manifest,
 )
 from .command import CommandFailed
+from .model import (
+    CHECK_INTERVAL,
+    CHECK_JITTER,
+    MAX_CHECK_INTERVAL,
+    MIN_BANDWIDTH,
+    MIN_CHECK_INTERVAL,
+)
 from .updatestate import (
     BootEntry,
     State,
@@ -96,6 +103,8 @@ class Config:
     channel: str
     windows: tuple[dict[str, Any], ...] = ()
     bandwidth: int | None = None  # bytes per second
+    interval: int = CHECK_INTERVAL  # seconds between checks of the timer's tick
+    jitter: int = CHECK_JITTER  # at most this much later, drawn per node and check
 
 
 @dataclass
@@ -126,11 +135,21 @@ def read_config(node: Node) -> Config:
         raise UpdateError("not-configured", "the NodeConfig names no updates.repository")
     windows = data.get("maintenanceWindows") or []
     bandwidth = data.get("bandwidthLimit")  # optional, bytes per second
+    interval = _seconds(data.get("checkInterval"), CHECK_INTERVAL,
+                        MIN_CHECK_INTERVAL, MAX_CHECK_INTERVAL)  # fmt: skip
     return Config(
         data["repository"], str(data.get("channel") or DEFAULT_CHANNEL),
         tuple(w for w in windows if isinstance(w, dict)),
-        bandwidth if isinstance(bandwidth, int) and bandwidth > 0 else None,
+        max(bandwidth, MIN_BANDWIDTH) if isinstance(bandwidth, int) and bandwidth > 0 else None,
+        interval, _seconds(data.get("checkJitter"), min(CHECK_JITTER, interval), 0, interval),
     )  # fmt: skip
+
+
+def _seconds(value: Any, default: int, low: int, high: int) -> int:
+    """A number of seconds from updates.json (validated when rendered), kept within bounds."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return default
+    return min(max(value, low), high)
 
 
 def read_os_release(root: Path) -> dict[str, str]:

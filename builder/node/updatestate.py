@@ -50,6 +50,7 @@ class State:
     writing: dict[str, Any] | None = None  # version, slot, partitions, boot_id, time
     failed: dict[str, dict[str, Any]] | None = None  # version -> reason, digest, roothash, time
     booted: dict[str, Any] | None = None  # the last staged version that booted: version, time
+    schedule: dict[str, Any] | None = None  # the timer's last run: time, boot_id, failures, next
 
     def failures(self) -> dict[str, dict[str, Any]]:
         if self.failed is None:
@@ -65,6 +66,7 @@ class State:
             "writing": self.writing,
             "failed": self.failed or {},
             "booted": self.booted,
+            "schedule": self.schedule,
         }
 
     @classmethod
@@ -81,6 +83,7 @@ class State:
             writing=mapping("writing"),
             failed={str(k): v for k, v in failed.items() if isinstance(v, dict)},
             booted=mapping("booted"),
+            schedule=mapping("schedule"),
         )
 
 
