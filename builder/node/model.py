@@ -106,6 +106,8 @@ class Admin:
 class FleetLock:
     url: str
     group: str = "default"
+    ca: str | None = None  # PEM; instead of the system's CAs
+    client_certificate: ClientCertificate | None = None
 
 
 @dataclass(frozen=True)

@@ -336,15 +336,7 @@ def _host(c: Checker, m: dict[str, Any], path: str, url: str | None) -> Host:
         )
     client = None
     if "clientCertificate" in m:
-        cc = c.mapping(m["clientCertificate"], p("clientCertificate"), ("certificate", "key"),
-                       ("certificate", "key"))  # fmt: skip
-        client = ClientCertificate(
-            c.pem(cc["certificate"], join_path(p("clientCertificate"), "certificate"),
-                  ["CERTIFICATE"]) if "certificate" in cc else "",
-            c.pem(cc["key"], join_path(p("clientCertificate"), "key"),
-                  ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"], secret=True)
-            if "key" in cc else "",
-        )  # fmt: skip
+        client = _client_certificate(c, m["clientCertificate"], p("clientCertificate"))
     return Host(
         url=url, capabilities=capabilities,
         ca=c.pem(m["ca"], p("ca"), ["CERTIFICATE"]) if "ca" in m else None,
@@ -352,6 +344,17 @@ def _host(c: Checker, m: dict[str, Any], path: str, url: str | None) -> Host:
         client_certificate=client, auth=_auth(c, m["auth"], p("auth")) if "auth" in m else None,
         override_path=c.boolean(m["overridePath"], p("overridePath"))
         if "overridePath" in m else False,
+    )  # fmt: skip
+
+
+def _client_certificate(c: Checker, value: Any, path: str) -> ClientCertificate:
+    cc = c.mapping(value, path, ("certificate", "key"), ("certificate", "key"))
+    return ClientCertificate(
+        c.pem(cc["certificate"], join_path(path, "certificate"), ["CERTIFICATE"])
+        if "certificate" in cc else "",
+        c.pem(cc["key"], join_path(path, "key"),
+              ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"], secret=True)
+        if "key" in cc else "",
     )  # fmt: skip
 
 
@@ -416,14 +419,7 @@ UPDATES_KEYS = (
 def _updates(c: Checker, value: Any, path: str) -> Updates:
     m = c.mapping(value, path, UPDATES_KEYS)
     p = functools.partial(join_path, path)
-    fleet_lock = None
-    if "fleetLock" in m:
-        f = c.mapping(m["fleetLock"], p("fleetLock"), ("url", "group"), ("url",))
-        fleet_lock = FleetLock(
-            c.url(f.get("url", "https://x"), join_path(p("fleetLock"), "url"), ("https", "http")),
-            c.string(f.get("group", "default"), join_path(p("fleetLock"), "group"),
-                     FLEETLOCK_GROUP, "a group name of A-Z a-z 0-9 . -"),
-        )  # fmt: skip
+    fleet_lock = _fleet_lock(c, m["fleetLock"], p("fleetLock")) if "fleetLock" in m else None
     interval, jitter = _check_timing(c, m, p)
     bandwidth = (
         _rate(c, m["bandwidthLimit"], p("bandwidthLimit")) if "bandwidthLimit" in m else None
@@ -437,6 +433,22 @@ def _updates(c: Checker, value: Any, path: str) -> Updates:
         maintenance_windows=c.items(m.get("maintenanceWindows", []), p("maintenanceWindows"),
                                     lambda v, q: _window(c, v, q)),
         check_interval=interval, check_jitter=jitter, bandwidth_limit=bandwidth,
+    )  # fmt: skip
+
+
+def _fleet_lock(c: Checker, value: Any, path: str) -> FleetLock:
+    f = c.mapping(value, path, ("url", "group", "ca", "clientCertificate"), ("url",))
+    q = functools.partial(join_path, path)
+    url = c.url(f.get("url", "https://x"), q("url"), ("https", "http"))
+    tls = [key for key in ("ca", "clientCertificate") if key in f]
+    if tls and url.startswith("http://"):
+        c.add(q(tls[0]), "only with an https:// url")
+    return FleetLock(
+        url, c.string(f.get("group", "default"), q("group"), FLEETLOCK_GROUP,
+                      "a group name of A-Z a-z 0-9 . -"),
+        ca=c.pem(f["ca"], q("ca"), ["CERTIFICATE"]) if "ca" in f else None,
+        client_certificate=_client_certificate(c, f["clientCertificate"], q("clientCertificate"))
+        if "clientCertificate" in f else None,
     )  # fmt: skip
 
 

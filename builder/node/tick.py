@@ -13,7 +13,7 @@ import datetime
 import logging
 from typing import Any
 
-from . import updater
+from . import rebootlock, updater
 from .schedule import Due, next_check, record_run
 from .updatestate import UpdateError, load_state, save_state
 
@@ -66,8 +66,16 @@ def tick(node: updater.Node) -> dict[str, Any]:
             error = f"{e.kind}: {e}"
             report["apply"] = {"result": "error", "kind": e.kind, "detail": str(e)}
         when = _record(node, config, moment, error)
-    if load_state(node.state_file).staged is not None:
-        report["reboot"] = updater.reboot(node)
+    state = load_state(node.state_file)
+    if state.staged is not None:
+        report["reboot"] = updater.reboot(node, backoff=True)
+    elif rebootlock.release_due(state, node.root, config.fleet_lock, _read(node, BOOT_ID)):
+        # the fleet lock waits for this boot's verdict, not for the next check
+        try:
+            with updater.locked(node):
+                report["events"] = updater.start(node).events
+        except UpdateError as e:
+            logger.warning("%s", e)
     return report | {"next_check": when.describe()}
 
 
@@ -97,6 +105,7 @@ def status(node: updater.Node) -> dict[str, Any]:
     except UpdateError:
         report["next_check"] = None
         return report
+    report["fleet_lock_configured"] = config.fleet_lock is not None
     when = due(node, config, report.get("schedule"))
     report["next_check"] = when.describe() | {"interval": config.interval,
                                              "jitter": config.jitter}  # fmt: skip

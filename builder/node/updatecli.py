@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import tick, updater
+from . import rebootlock, tick, updater
 from .updatestate import UpdateError
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ def main(argv: Sequence[str], node: updater.Node | None = None) -> int:
     helps = {
         "check": "refresh the repository's metadata and say which version this node would take",
         "apply": "check, download, write the other slot and stage it (no reboot)",
-        "reboot": "reboot into the staged version if a maintenance window is open",
+        "reboot": "reboot into the staged version if a maintenance window is open and the "
+        "fleet lock (if any) grants a slot",
         "status": "running version and slot, the other slot, last check, staged and failed",
         "tick": "what the timer runs: apply when a check is due, then reboot into a staged "
         "version when allowed",
@@ -152,6 +153,8 @@ def _status_text(report: dict[str, Any]) -> str:
               f"last apply: {_when(report.get('last_apply'))}"]  # fmt: skip
     if "next_check" in report:
         lines.append(f"next check: {_next(report['next_check'])}")
+    if report.get("fleet_lock") or report.get("fleet_lock_configured"):
+        lines.append(f"fleet lock: {rebootlock.describe(report.get('fleet_lock'))}")
     booted = report.get("booted")
     if booted:
         lines.append(f"booted:     {booted['version']} ({booted['time']})")

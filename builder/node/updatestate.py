@@ -51,6 +51,7 @@ class State:
     failed: dict[str, dict[str, Any]] | None = None  # version -> reason, digest, roothash, time
     booted: dict[str, Any] | None = None  # the last staged version that booted: version, time
     schedule: dict[str, Any] | None = None  # the timer's last run: time, boot_id, failures, next
+    fleet_lock: dict[str, Any] | None = None  # held, version, boot_id, released_boot, last, next
 
     def failures(self) -> dict[str, dict[str, Any]]:
         if self.failed is None:
@@ -67,6 +68,7 @@ class State:
             "failed": self.failed or {},
             "booted": self.booted,
             "schedule": self.schedule,
+            "fleet_lock": self.fleet_lock,
         }
 
     @classmethod
@@ -84,6 +86,7 @@ class State:
             failed={str(k): v for k, v in failed.items() if isinstance(v, dict)},
             booted=mapping("booted"),
             schedule=mapping("schedule"),
+            fleet_lock=mapping("fleet_lock"),
         )
 
 
