@@ -65,7 +65,8 @@ def tick(node: updater.Node) -> dict[str, Any]:
                 return report | {"detail": str(e), "next_check": when.describe()}
             error = f"{e.kind}: {e}"
             report["apply"] = {"result": "error", "kind": e.kind, "detail": str(e)}
-        when = _record(node, config, moment, error)
+        # from the run's end: a download held to bandwidthLimit may take hours
+        when = _record(node, config, node.clock(), error)
     state = load_state(node.state_file)
     if state.staged is not None:
         report["reboot"] = updater.reboot(node, backoff=True)

@@ -200,3 +200,22 @@ def test_updates_json_timing_defaults_and_bounds(
     setup.fake.updates(repository(setup), **given)
     config = updater.read_config(setup.fake.node)
     assert (config.interval, config.jitter, config.bandwidth) == expected
+
+
+def test_the_interval_counts_from_the_end_of_a_long_run(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup.publish()
+    clock = Clock()
+    clock.now = first_due()
+    apply = updater.apply
+
+    def slow_apply(node: updater.Node) -> dict[str, object]:
+        clock.advance(3 * 3600)  # a download held to its bandwidth limit
+        return apply(node)
+
+    monkeypatch.setattr(updater, "apply", slow_apply)
+    tick.tick(node_at(setup, clock))
+    assert setup.state()["schedule"]["time"] == clock.now.isoformat(timespec="seconds")
+    clock.advance(60)
+    assert tick.tick(node_at(setup, clock))["checked"] is False
