@@ -11,6 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+# updates: how often the timer's tick looks for a newer version (seconds), and the least rate a
+# download may be limited to (bytes per second)
+CHECK_INTERVAL = 3600
+CHECK_JITTER = 900  # or the interval, when that is shorter
+MIN_CHECK_INTERVAL = 300
+MAX_CHECK_INTERVAL = 7 * 86400
+MIN_BANDWIDTH = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,8 @@ class Admin:
 class FleetLock:
     url: str
     group: str = "default"
+    ca: str | None = None  # PEM; instead of the system's CAs
+    client_certificate: ClientCertificate | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,9 @@ class Updates:
     channel: str | None = None
     fleet_lock: FleetLock | None = None
     maintenance_windows: tuple[Window, ...] = ()
+    check_interval: int | None = None  # seconds; None: CHECK_INTERVAL
+    check_jitter: int | None = None  # seconds; None: CHECK_JITTER (at most the interval)
+    bandwidth_limit: int | None = None  # bytes per second; None: unlimited
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,11 @@ from .check import (
     shorten,
 )
 from .model import (
+    CHECK_INTERVAL,
     DAYS,
+    MAX_CHECK_INTERVAL,
+    MIN_BANDWIDTH,
+    MIN_CHECK_INTERVAL,
     Admin,
     Auth,
     ClientCertificate,
@@ -66,7 +70,9 @@ FLAG = re.compile(r"^--([a-z0-9][a-z0-9-]*)(=[^\s\"'\\]*)?\Z")
 PROBE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 CHANNEL = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}\Z")
 FLEETLOCK_GROUP = re.compile(r"^[a-zA-Z0-9.-]+\Z")
-DURATION = re.compile(r"^(?=\d)(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
+DURATION = re.compile(r"^(?=\d)(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
+RATE = re.compile(r"^([0-9]+)(KiB|MiB|GiB)\Z")
+RATE_UNITS = {"KiB": 10, "MiB": 20, "GiB": 30}
 CLOCK = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 PROVIDER_ID = re.compile(r"^[a-z][a-z0-9+.-]*://\S*\Z")
 SSH_KEY_TYPES = (
@@ -330,15 +336,7 @@ def _host(c: Checker, m: dict[str, Any], path: str, url: str | None) -> Host:
         )
     client = None
     if "clientCertificate" in m:
-        cc = c.mapping(m["clientCertificate"], p("clientCertificate"), ("certificate", "key"),
-                       ("certificate", "key"))  # fmt: skip
-        client = ClientCertificate(
-            c.pem(cc["certificate"], join_path(p("clientCertificate"), "certificate"),
-                  ["CERTIFICATE"]) if "certificate" in cc else "",
-            c.pem(cc["key"], join_path(p("clientCertificate"), "key"),
-                  ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"], secret=True)
-            if "key" in cc else "",
-        )  # fmt: skip
+        client = _client_certificate(c, m["clientCertificate"], p("clientCertificate"))
     return Host(
         url=url, capabilities=capabilities,
         ca=c.pem(m["ca"], p("ca"), ["CERTIFICATE"]) if "ca" in m else None,
@@ -346,6 +344,17 @@ def _host(c: Checker, m: dict[str, Any], path: str, url: str | None) -> Host:
         client_certificate=client, auth=_auth(c, m["auth"], p("auth")) if "auth" in m else None,
         override_path=c.boolean(m["overridePath"], p("overridePath"))
         if "overridePath" in m else False,
+    )  # fmt: skip
+
+
+def _client_certificate(c: Checker, value: Any, path: str) -> ClientCertificate:
+    cc = c.mapping(value, path, ("certificate", "key"), ("certificate", "key"))
+    return ClientCertificate(
+        c.pem(cc["certificate"], join_path(path, "certificate"), ["CERTIFICATE"])
+        if "certificate" in cc else "",
+        c.pem(cc["key"], join_path(path, "key"),
+              ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"], secret=True)
+        if "key" in cc else "",
     )  # fmt: skip
 
 
@@ -401,17 +410,20 @@ def _ssh_blob_ok(kind: str, blob: str) -> bool:
     return len(data) > 4 + size and data[4 : 4 + size] == kind.encode()
 
 
+UPDATES_KEYS = (
+    "repository", "channel", "fleetLock", "maintenanceWindows", "checkInterval", "checkJitter",
+    "bandwidthLimit",
+)  # fmt: skip
+
+
 def _updates(c: Checker, value: Any, path: str) -> Updates:
-    m = c.mapping(value, path, ("repository", "channel", "fleetLock", "maintenanceWindows"))
+    m = c.mapping(value, path, UPDATES_KEYS)
     p = functools.partial(join_path, path)
-    fleet_lock = None
-    if "fleetLock" in m:
-        f = c.mapping(m["fleetLock"], p("fleetLock"), ("url", "group"), ("url",))
-        fleet_lock = FleetLock(
-            c.url(f.get("url", "https://x"), join_path(p("fleetLock"), "url"), ("https", "http")),
-            c.string(f.get("group", "default"), join_path(p("fleetLock"), "group"),
-                     FLEETLOCK_GROUP, "a group name of A-Z a-z 0-9 . -"),
-        )  # fmt: skip
+    fleet_lock = _fleet_lock(c, m["fleetLock"], p("fleetLock")) if "fleetLock" in m else None
+    interval, jitter = _check_timing(c, m, p)
+    bandwidth = (
+        _rate(c, m["bandwidthLimit"], p("bandwidthLimit")) if "bandwidthLimit" in m else None
+    )
     return Updates(
         repository=c.url(m["repository"], p("repository"), ("https", "http"))
         if "repository" in m else None,
@@ -420,7 +432,76 @@ def _updates(c: Checker, value: Any, path: str) -> Updates:
         fleet_lock=fleet_lock,
         maintenance_windows=c.items(m.get("maintenanceWindows", []), p("maintenanceWindows"),
                                     lambda v, q: _window(c, v, q)),
+        check_interval=interval, check_jitter=jitter, bandwidth_limit=bandwidth,
     )  # fmt: skip
+
+
+def _fleet_lock(c: Checker, value: Any, path: str) -> FleetLock:
+    f = c.mapping(value, path, ("url", "group", "ca", "clientCertificate"), ("url",))
+    q = functools.partial(join_path, path)
+    url = c.url(f.get("url", "https://x"), q("url"), ("https", "http"))
+    tls = [key for key in ("ca", "clientCertificate") if key in f]
+    if tls and url.startswith("http://"):
+        c.add(q(tls[0]), "only with an https:// url")
+    return FleetLock(
+        url, c.string(f.get("group", "default"), q("group"), FLEETLOCK_GROUP,
+                      "a group name of A-Z a-z 0-9 . -"),
+        ca=c.pem(f["ca"], q("ca"), ["CERTIFICATE"]) if "ca" in f else None,
+        client_certificate=_client_certificate(c, f["clientCertificate"], q("clientCertificate"))
+        if "clientCertificate" in f else None,
+    )  # fmt: skip
+
+
+def _check_timing(
+    c: Checker, m: dict[Any, Any], p: Callable[[str], str]
+) -> tuple[int | None, int | None]:
+    """checkInterval (5m to 7d) and checkJitter (0 to the interval)."""
+    interval = jitter = None
+    if "checkInterval" in m:
+        interval = _duration(c, m["checkInterval"], p("checkInterval"), "'30m', '1h', '1d'")
+        if interval is not None and not MIN_CHECK_INTERVAL <= interval <= MAX_CHECK_INTERVAL:
+            c.add(p("checkInterval"), f"must be between 5m and 7d, got {format_duration(interval)}")
+            interval = None
+    if "checkJitter" in m:
+        jitter = _duration(c, m["checkJitter"], p("checkJitter"), "'0s', '15m', '1h'")
+        if "checkInterval" not in m:
+            limit, within = CHECK_INTERVAL, "the default checkInterval"
+        else:  # an invalid interval was reported already: the jitter is judged on its own
+            limit, within = interval or MAX_CHECK_INTERVAL, "checkInterval"
+        if jitter is not None and not 0 <= jitter <= limit:
+            c.add(p("checkJitter"), f"must be between 0s and {within} "
+                  f"({format_duration(limit)}), got {format_duration(jitter)}")  # fmt: skip
+            jitter = None
+    return interval, jitter
+
+
+def format_duration(seconds: int) -> str:
+    """Seconds as the NodeConfig writes durations: 5400 is '1h30m', 691200 '8d'."""
+    if seconds <= 0:
+        return f"{seconds}s"
+    parts, rest = [], seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
+
+
+def _rate(c: Checker, value: Any, path: str) -> int | None:
+    """Bytes per second: an integer, or a number with a binary unit ('512KiB', '10MiB')."""
+    rate = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        rate = value
+    elif isinstance(value, str) and (match := RATE.match(value)):
+        rate = int(match.group(1)) << RATE_UNITS[match.group(2)]
+    if rate is None:
+        c.add(path, "must be bytes per second: an integer or a number with KiB, MiB or GiB "
+              f"(powers of 1024) like '512KiB', '10MiB', '1GiB', "
+              f"got {describe(value)}")  # fmt: skip
+    elif rate < MIN_BANDWIDTH:
+        c.add(path, f"must be at least 64KiB ({MIN_BANDWIDTH} bytes per second), got {rate}")
+        rate = None
+    return rate
 
 
 def _window(c: Checker, value: Any, path: str) -> Window:
@@ -442,18 +523,18 @@ def _day(c: Checker, value: Any, path: str) -> str:
     return str(value)
 
 
-def _duration(c: Checker, value: Any, path: str) -> int | None:
-    """An integer (seconds) or a duration like '90s', '5m', '1h30m'."""
+def _duration(
+    c: Checker, value: Any, path: str, examples: str = "'90s', '5m', '1h30m'"
+) -> int | None:
+    """An integer (seconds) or a duration of days, hours, minutes, seconds like '1d', '1h30m'."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     match = DURATION.match(value) if isinstance(value, str) else None
     if not match:
-        c.add(
-            path, f"must be seconds or a duration like '90s', '5m', '1h30m', got {describe(value)}"
-        )
+        c.add(path, f"must be seconds or a duration like {examples}, got {describe(value)}")
         return None
-    h, m, s = (int(g or 0) for g in match.groups())
-    return h * 3600 + m * 60 + s
+    d, h, m, s = (int(g or 0) for g in match.groups())
+    return d * 86400 + h * 3600 + m * 60 + s
 
 
 def _health(c: Checker, value: Any, path: str) -> Health:

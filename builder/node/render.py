@@ -27,11 +27,11 @@ KUBELET = f"{RUN}/kubelet"
 CERTS_D = f"{RUN}/containerd/certs.d"
 HEADER = "Rendered by hostbuild-node from the NodeConfig at boot: do not edit."
 # Everything below /run/hostbuild the agent owns: whole directories, and single files
-OWNED_DIRS = ("kubelet", "containerd", "health.d")
+OWNED_DIRS = ("kubelet", "containerd", "health.d", "fleetlock")
 OWNED_FILES = (
     "ssh/authorized_keys.root", "hostname", "health.env", "serial-getty.enabled", "updates.json",
 )  # fmt: skip
-PRIVATE_DIRS = ("kubelet", "ssh", "containerd/certs.d")
+PRIVATE_DIRS = ("kubelet", "ssh", "containerd/certs.d", "fleetlock")
 CRI = "io.containerd.grpc.v1.cri"
 SANDBOX_LINE = re.compile(r"^(\s*)sandbox_image\s*=.*$", re.MULTILINE)
 IMPORTS_LINE = re.compile(r"^imports\s*=.*\n?", re.MULTILINE)
@@ -84,6 +84,7 @@ def render_outputs(
         out["serial-getty.enabled"] = _text("")
     if updates := _updates(config):
         out["updates.json"] = _text(json.dumps(updates, indent=2) + "\n")
+    out |= _fleet_lock_files(config)
     return out
 
 
@@ -258,12 +259,34 @@ def _updates(config: NodeConfig) -> dict[str, Any]:
         result["channel"] = u.channel
     if u.fleet_lock:
         result["fleetLock"] = {"url": u.fleet_lock.url, "group": u.fleet_lock.group}
+        if u.fleet_lock.ca:
+            result["fleetLock"]["ca"] = f"{RUN}/fleetlock/ca.crt"
+        if u.fleet_lock.client_certificate:
+            result["fleetLock"]["certificate"] = f"{RUN}/fleetlock/client.crt"
+            result["fleetLock"]["key"] = f"{RUN}/fleetlock/client.key"
     if u.maintenance_windows:
         result["maintenanceWindows"] = [
             {"days": list(w.days), "start": w.start, "durationMinutes": w.duration_minutes}
             for w in u.maintenance_windows
         ]
+    # seconds and bytes per second; the updater applies the defaults of what is not given
+    for key, number in (("checkInterval", u.check_interval), ("checkJitter", u.check_jitter),
+                        ("bandwidthLimit", u.bandwidth_limit)):  # fmt: skip
+        if number is not None:
+            result[key] = number
     return result
+
+
+def _fleet_lock_files(config: NodeConfig) -> dict[str, Output]:
+    """The fleet lock's CA and client certificate, for the updater (updates.json names them)."""
+    lock = config.updates.fleet_lock
+    out: dict[str, Output] = {}
+    if lock and lock.ca:
+        out["fleetlock/ca.crt"] = _text(lock.ca)
+    if lock and lock.client_certificate:
+        out["fleetlock/client.crt"] = _text(lock.client_certificate.certificate)
+        out["fleetlock/client.key"] = _text(lock.client_certificate.key, 0o600)
+    return out
 
 
 def install_outputs(outputs: Mapping[str, Output], run: Path) -> None:

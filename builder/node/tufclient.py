@@ -46,9 +46,13 @@ USER_AGENT = "hostbuild-node"
 class Fetcher(FetcherInterface):
     """HTTP(S) with urllib: bounded waits, optional bandwidth limit, ranged requests."""
 
-    def __init__(self, timeout: float = TIMEOUT, bandwidth: int | None = None) -> None:
+    def __init__(
+        self, timeout: float = TIMEOUT, bandwidth: int | None = None,
+        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+    ) -> None:  # fmt: skip
         self.timeout = timeout
         self.bandwidth = bandwidth  # bytes per second, None: unlimited
+        self.clock, self.sleep = clock, sleep
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         return self.chunks(self.open(url), url)
@@ -72,18 +76,23 @@ class Fetcher(FetcherInterface):
         return response
 
     def chunks(self, response: http.client.HTTPResponse, url: str) -> Iterator[bytes]:
-        began, received = time.monotonic(), 0
+        began, received = self.clock(), 0
+        # limited, reads of a quarter second's worth: no burst of a whole chunk, then a long
+        # silence the server may take for a dead client
+        size = min(CHUNK, max(self.bandwidth // 4, 4096)) if self.bandwidth else CHUNK
         with response:
             while True:
                 try:
-                    chunk = response.read(CHUNK)
+                    chunk = response.read(size)
                 except (OSError, http.client.HTTPException) as e:
                     raise exceptions.DownloadError(f"{url}: {type(e).__name__}: {e}") from None
                 if not chunk:
                     return
                 received += len(chunk)
                 if self.bandwidth:  # no faster than the limit, averaged over the response
-                    time.sleep(max(received / self.bandwidth - (time.monotonic() - began), 0))
+                    ahead = received / self.bandwidth - (self.clock() - began)
+                    if ahead > 0:
+                        self.sleep(ahead)
                 yield chunk
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import updater
+from . import rebootlock, tick, updater
 from .updatestate import UpdateError
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,11 @@ def main(argv: Sequence[str], node: updater.Node | None = None) -> int:
     helps = {
         "check": "refresh the repository's metadata and say which version this node would take",
         "apply": "check, download, write the other slot and stage it (no reboot)",
-        "reboot": "reboot into the staged version if a maintenance window is open",
+        "reboot": "reboot into the staged version if a maintenance window is open and the "
+        "fleet lock (if any) grants a slot",
         "status": "running version and slot, the other slot, last check, staged and failed",
+        "tick": "what the timer runs: apply when a check is due, then reboot into a staged "
+        "version when allowed",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
@@ -54,8 +57,12 @@ def main(argv: Sequence[str], node: updater.Node | None = None) -> int:
         elif args.command == "reboot":
             report = updater.reboot(node, args.ignore_window)
             _print(json.dumps(report, indent=2) if args.json else report["reason"])
+        elif args.command == "tick":
+            report = tick.tick(node)
+            _print(json.dumps(report, indent=2) if args.json else _tick_text(report))
+            return 1 if (report.get("apply") or {}).get("result") == "error" else 0
         else:
-            report = updater.status(node)
+            report = tick.status(node)
             _print(json.dumps(report, indent=2) if args.json else _status_text(report))
             return 1 if _last_failed(report) else 0
     except UpdateError as e:
@@ -93,6 +100,25 @@ def _apply_text(report: dict[str, Any]) -> str:
     return "\n".join([*report["events"], report["detail"], *_skipped(report)])
 
 
+def _tick_text(report: dict[str, Any]) -> str:
+    lines = []
+    if report.get("detail"):
+        lines.append(report["detail"])
+    applied = report.get("apply")
+    if applied:
+        lines += [*applied.get("events", []), applied["detail"]]
+    if report.get("reboot"):
+        lines.append(report["reboot"]["reason"])
+    lines.append(f"next check: {_next(report.get('next_check'))}")
+    return "\n".join(lines)
+
+
+def _next(due: dict[str, Any] | None) -> str:
+    if not due:
+        return "never (no updates section in the NodeConfig)"
+    return f"{due['time'] or 'at the next tick'} ({due['why']})"
+
+
 def _when(record: dict[str, Any] | None) -> str:
     if not record:
         return "never"
@@ -125,6 +151,10 @@ def _status_text(report: dict[str, Any]) -> str:
         lines.append(f"writing:    {writing['version']} into slot {writing['slot']} ({state})")
     lines += [f"last check: {_when(report.get('last_check'))}",
               f"last apply: {_when(report.get('last_apply'))}"]  # fmt: skip
+    if "next_check" in report:
+        lines.append(f"next check: {_next(report['next_check'])}")
+    if report.get("fleet_lock") or report.get("fleet_lock_configured"):
+        lines.append(f"fleet lock: {rebootlock.describe(report.get('fleet_lock'))}")
     booted = report.get("booted")
     if booted:
         lines.append(f"booted:     {booted['version']} ({booted['time']})")

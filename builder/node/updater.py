@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import bootentries, failpoints, slots
+from . import bootentries, failpoints, rebootlock, slots
 from .channel import (
     CHANNEL_TARGET,
     ChannelError,
@@ -35,6 +35,13 @@ from .channel import (
     parse_manifest,
 )
 from .command import CommandFailed
+from .model import (
+    CHECK_INTERVAL,
+    CHECK_JITTER,
+    MAX_CHECK_INTERVAL,
+    MIN_BANDWIDTH,
+    MIN_CHECK_INTERVAL,
+)
 from .updatestate import (
     BootEntry,
     State,
@@ -96,6 +103,9 @@ class Config:
     channel: str
     windows: tuple[dict[str, Any], ...] = ()
     bandwidth: int | None = None  # bytes per second
+    interval: int = CHECK_INTERVAL  # seconds between checks of the timer's tick
+    jitter: int = CHECK_JITTER  # at most this much later, drawn per node and check
+    fleet_lock: rebootlock.LockConfig | None = None  # reboot only holding its lock
 
 
 @dataclass
@@ -126,11 +136,22 @@ def read_config(node: Node) -> Config:
         raise UpdateError("not-configured", "the NodeConfig names no updates.repository")
     windows = data.get("maintenanceWindows") or []
     bandwidth = data.get("bandwidthLimit")  # optional, bytes per second
+    interval = _seconds(data.get("checkInterval"), CHECK_INTERVAL,
+                        MIN_CHECK_INTERVAL, MAX_CHECK_INTERVAL)  # fmt: skip
     return Config(
         data["repository"], str(data.get("channel") or DEFAULT_CHANNEL),
         tuple(w for w in windows if isinstance(w, dict)),
-        bandwidth if isinstance(bandwidth, int) and bandwidth > 0 else None,
+        max(bandwidth, MIN_BANDWIDTH) if isinstance(bandwidth, int) and bandwidth > 0 else None,
+        interval, _seconds(data.get("checkJitter"), min(CHECK_JITTER, interval), 0, interval),
+        rebootlock.lock_config(data.get("fleetLock"), node.root),
     )  # fmt: skip
+
+
+def _seconds(value: Any, default: int, low: int, high: int) -> int:
+    """A number of seconds from updates.json (validated when rendered), kept within bounds."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return default
+    return min(max(value, low), high)
 
 
 def read_os_release(root: Path) -> dict[str, str]:
@@ -164,7 +185,31 @@ def start(node: Node, save: bool = True) -> Context:
         logger.info("%s", event)
     if events and save:
         save_state(node.state_file, state)
-    return Context(node, state, image_id, version, boot_id, esp, entries or {}, events)
+    ctx = Context(node, state, image_id, version, boot_id, esp, entries or {}, events)
+    if save:
+        release_lock(ctx)
+    return ctx
+
+
+def release_lock(ctx: Context) -> None:
+    """Free the fleet lock (steady-state) once reconcile and the health gate have a verdict."""
+    try:
+        config = read_config(ctx.node).fleet_lock
+    except UpdateError:
+        return
+    entry = ctx.entries.get(ctx.version)
+    blessed = entry is not None and entry.tries_left is None
+    try:
+        event = rebootlock.release(ctx.state, ctx.node.root, config, ctx.version, ctx.boot_id,
+                                   blessed, ctx.node.clock())  # fmt: skip
+    except UpdateError as e:
+        logger.warning("%s", e)
+        return
+    if event is not None:
+        logger.info("%s", event)
+        ctx.events.append(event)
+    if ctx.state.fleet_lock is not None:
+        _save(ctx)
 
 
 @contextlib.contextmanager
@@ -443,23 +488,34 @@ def _undo(ctx: Context) -> None:
     _save(ctx)
 
 
-def reboot(node: Node, ignore_window: bool = False) -> dict[str, Any]:
-    """Reboot into the staged version when there is one and a maintenance window is open."""
+def reboot(node: Node, ignore_window: bool = False, backoff: bool = False) -> dict[str, Any]:
+    """Reboot into the staged version when there is one, a maintenance window is open and, with
+    a fleet lock, this node holds it (`backoff`: after a refusal, wait before asking again)."""
     with locked(node):
         ctx = start(node)
         staged = ctx.state.staged
         if staged is None:
             return {"rebooting": False, "version": None, "reason": "nothing is staged"}
         version = staged.get("version")
-        windows: tuple[dict[str, Any], ...] = ()
+        config: Config | None = None
         with contextlib.suppress(UpdateError):
-            windows = read_config(node).windows
+            config = read_config(node)
+        windows = config.windows if config else ()
         moment = node.clock()
         if not ignore_window and not in_window(windows, moment):
             opens = next_window(windows, moment)
             when = f"{opens:%a %Y-%m-%d %H:%M} UTC" if opens else "never"
             reason = f"{version} is staged; outside the maintenance windows (the next opens {when})"
             return {"rebooting": False, "version": version, "reason": reason}
+        if config is not None and config.fleet_lock is not None:
+            refused = rebootlock.acquire(
+                ctx.state, node.root, config.fleet_lock, ctx.version, str(version),
+                ctx.boot_id, moment, config.interval, backoff,
+            )  # fmt: skip
+            save_state(node.state_file, ctx.state)  # held before the reboot, or why not
+            if refused is not None:
+                logger.warning("%s", refused)
+                return {"rebooting": False, "version": version, "reason": refused}
         logger.info("rebooting into %s", version)
         node.reboot()
         return {"rebooting": True, "version": version, "reason": f"rebooting into {version}"}

@@ -50,6 +50,8 @@ class State:
     writing: dict[str, Any] | None = None  # version, slot, partitions, boot_id, time
     failed: dict[str, dict[str, Any]] | None = None  # version -> reason, digest, roothash, time
     booted: dict[str, Any] | None = None  # the last staged version that booted: version, time
+    schedule: dict[str, Any] | None = None  # the timer's last run: time, boot_id, failures, next
+    fleet_lock: dict[str, Any] | None = None  # held, version, boot_id, released_boot, last, next
 
     def failures(self) -> dict[str, dict[str, Any]]:
         if self.failed is None:
@@ -65,6 +67,8 @@ class State:
             "writing": self.writing,
             "failed": self.failed or {},
             "booted": self.booted,
+            "schedule": self.schedule,
+            "fleet_lock": self.fleet_lock,
         }
 
     @classmethod
@@ -81,6 +85,8 @@ class State:
             writing=mapping("writing"),
             failed={str(k): v for k, v in failed.items() if isinstance(v, dict)},
             booted=mapping("booted"),
+            schedule=mapping("schedule"),
+            fleet_lock=mapping("fleet_lock"),
         )
 
 

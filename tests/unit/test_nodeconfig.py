@@ -47,6 +47,9 @@ def test_full_example_reads_every_section() -> None:
     assert (window.days, window.start, window.duration_minutes) == (("Sat", "Sun"), "02:00", 240)
     assert config.health.deadline == 600
     assert [p.name for p in config.health.probes] == ["var-space"]
+    updates = config.updates
+    assert (updates.check_interval, updates.check_jitter) == (1800, 600)
+    assert updates.bandwidth_limit == 10 << 20
 
 
 def test_defaults_of_an_empty_spec() -> None:
@@ -55,6 +58,25 @@ def test_defaults_of_an_empty_spec() -> None:
     assert config.admin.ssh_authorized_keys == () and config.admin.serial_console is False
     assert config.health.deadline is None
     assert config.updates.fleet_lock is None
+
+
+@pytest.mark.parametrize(
+    ("updates", "expected"),
+    [
+        ({"checkInterval": "1d", "checkJitter": "1d"}, (86400, 86400, None)),
+        ({"checkInterval": "7d", "bandwidthLimit": "512KiB"}, (7 * 86400, None, 512 << 10)),
+        ({"checkInterval": 300, "checkJitter": 0, "bandwidthLimit": 65536}, (300, 0, 65536)),
+        ({"checkJitter": "1h", "bandwidthLimit": "1GiB"}, (None, 3600, 1 << 30)),
+        ({"checkInterval": "2h30m"}, (9000, None, None)),
+    ],
+)
+def test_update_timing_and_bandwidth(
+    updates: dict[str, object], expected: tuple[int | None, ...]
+) -> None:
+    spec = {"updates": {"repository": "https://updates.example.com", **updates}}
+    config = parse({"apiVersion": "hostbuild.dev/v1alpha1", "kind": "NodeConfig", "spec": spec})
+    u = config.updates
+    assert (u.check_interval, u.check_jitter, u.bandwidth_limit) == expected
 
 
 def test_base64_certificate_authority_is_decoded_to_pem() -> None:

@@ -178,3 +178,26 @@ def test_sandbox_override_without_a_usable_config_is_a_warning(
     assert warnings[0].startswith(
         f"sandbox image 'registry.example.com/pause:3.10.1' not applied: {reason}"
     )
+
+
+def test_the_fleet_lock_ca_and_client_certificate_are_rendered_for_the_updater() -> None:
+    full = (DATA / "nodeconfig" / "full.yaml").read_text()
+    spec = yaml.safe_load(full)["spec"]
+    registry = spec["containerd"]["registries"]["registry.example.com"]
+    lock = spec["updates"]["fleetLock"]
+    lock["ca"] = registry["mirrors"][0]["ca"]
+    lock["clientCertificate"] = registry["clientCertificate"]
+    document = {"apiVersion": "hostbuild.dev/v1alpha1", "kind": "NodeConfig", "spec": spec}
+    outputs = render_outputs(parse_text(yaml.safe_dump(document)), BASE_KUBELET, Platform())
+    assert outputs["fleetlock/ca.crt"].content.decode() == lock["ca"]
+    assert (
+        outputs["fleetlock/client.crt"].content.decode() == lock["clientCertificate"]["certificate"]
+    )
+    assert outputs["fleetlock/client.key"].mode == 0o600
+    assert "PRIVATE KEY" not in outputs["updates.json"].content.decode()
+    assert yaml.safe_load(outputs["updates.json"].content)["fleetLock"] == {
+        "url": "https://fleetlock.example.com", "group": "workers",
+        "ca": "/run/hostbuild/fleetlock/ca.crt",
+        "certificate": "/run/hostbuild/fleetlock/client.crt",
+        "key": "/run/hostbuild/fleetlock/client.key",
+    }  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,11 +180,52 @@ def test_a_tampered_partial_download_is_dropped(client: Client) -> None:
     assert repo.fetch(repo.targetinfo(PATH)).read_bytes() == PAYLOAD
 
 
-def test_bandwidth_is_limited(client: Client) -> None:
-    repo = client.open(bandwidth=len(PAYLOAD) * 4)  # a quarter of a second for the payload
-    began = time.monotonic()
-    repo.fetch(repo.targetinfo(PATH))
-    assert time.monotonic() - began >= 0.2
+class FakeTime:
+    """A clock that only sleeping moves: the network counts as instant."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize("bandwidth", [64 << 10, 1 << 20, 10 << 20])
+def test_bandwidth_is_limited(client: Client, bandwidth: int) -> None:
+    repo = client.open()
+    fake = FakeTime()
+    repo.fetcher = Fetcher(5.0, bandwidth, clock=fake.clock, sleep=fake.sleep)
+    assert repo.fetch(repo.targetinfo(PATH)).read_bytes() == PAYLOAD
+    # as long as the limit says, in waits of at most a quarter of a second each
+    assert sum(fake.sleeps) == pytest.approx(len(PAYLOAD) / bandwidth)
+    assert max(fake.sleeps) <= 0.25 + 1e-9
+    assert len(fake.sleeps) >= len(PAYLOAD) // max(bandwidth // 4, 1) - 1
+
+
+def test_a_slow_network_is_not_slowed_further(client: Client) -> None:
+    repo = client.open()
+    fake = FakeTime()
+
+    def slow_clock() -> float:  # every look at the clock: a second has passed
+        fake.now += 1.0
+        return fake.now
+
+    repo.fetcher = Fetcher(5.0, 10 << 20, clock=slow_clock, sleep=fake.sleep)
+    assert repo.fetch(repo.targetinfo(PATH)).read_bytes() == PAYLOAD
+    assert fake.sleeps == []
+
+
+def test_without_a_limit_nothing_waits(client: Client) -> None:
+    repo = client.open()
+    fake = FakeTime()
+    repo.fetcher = Fetcher(5.0, None, clock=fake.clock, sleep=fake.sleep)
+    assert repo.fetch(repo.targetinfo(PATH)).read_bytes() == PAYLOAD
+    assert fake.sleeps == []
 
 
 def test_the_baked_root_seeds_the_metadata_and_a_rotated_one_is_kept(client: Client) -> None:
