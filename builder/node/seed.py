@@ -55,6 +55,6 @@ def load_seed(path: Path, draw: Callable[[int], int] = secrets.randbelow) -> int
 
 def _parse(data: bytes) -> int:
     text = data.decode("ascii", errors="replace").strip()
-    if not text.isdigit() or len(text) > 4 or not 0 <= int(text) < SEEDS:
+    if not text.isdigit() or len(text) > 4 or str(int(text)) != text or int(text) >= SEEDS:
         raise ValueError(f"{text[:20]!r} is not a seed in 0..{SEEDS - 1}")
     return int(text)
