@@ -246,10 +246,20 @@ def test_a_seed_that_cannot_be_kept_is_an_error(tmp_path: Path) -> None:
     assert e.value.kind == "system" and "keeping the update seed in" in str(e.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_a_seed_that_cannot_be_read_is_replaced(tmp_path: Path) -> None:
+def test_a_seed_that_cannot_be_read_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "seed"
     path.write_text("5\n")
-    path.chmod(0)
+    real = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self == path:
+            raise PermissionError(13, "Permission denied", os.fspath(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
     assert load_seed(path, lambda n: 9) == 9
+    monkeypatch.undo()
     assert path.read_text() == "9\n"
+    assert "Permission denied" in caplog.records[-1].getMessage()
