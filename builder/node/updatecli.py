@@ -125,9 +125,6 @@ def _status_text(report: dict[str, Any]) -> str:
         lines.append(f"writing:    {writing['version']} into slot {writing['slot']} ({state})")
     lines += [f"last check: {_when(report.get('last_check'))}",
               f"last apply: {_when(report.get('last_apply'))}"]  # fmt: skip
-    seed = report.get("seed")
-    lines.append(f"seed:       {seed} (of 0..2047: this node's place in waves)" if seed is not None
-                 else "seed:       none yet (the next check draws it)")  # fmt: skip
     booted = report.get("booted")
     if booted:
         lines.append(f"booted:     {booted['version']} ({booted['time']})")
@@ -138,6 +135,9 @@ def _status_text(report: dict[str, Any]) -> str:
             f"  {version}: {f['reason']} ({f.get('digest') or 'no digest'}, {f['time']})"
             for version, f in sorted(failed.items())
         ]
+    seed = report.get("seed")
+    lines.append(f"seed:       {seed} (of 0..2047: this node's place in waves)" if seed is not None
+                 else "seed:       none yet (the next check draws it)")  # fmt: skip
     return "\n".join(lines)
 
 
