@@ -278,3 +278,19 @@ def test_repo_add_with_a_bad_waves_file_changes_nothing(run_cli: Cli, tmp_path: 
     )
     assert "--waves default or --waves none" in result.output
     assert tree(path) == before
+
+
+def test_status_shows_how_far_each_rollout_is(tmp_path: Path, repo: tuple[Path, KeyStore]) -> None:
+    from builder.update.status import format_status, repository_status
+
+    path, keys = repo
+    add_build(path, keys, make_build(tmp_path / "b1", "0.1.0-1"), now=T0)
+    add_build(path, keys, make_build(tmp_path / "b2", "0.1.0-2"), now=T0, waves=DEFAULT_SCHEDULE)
+    for hours, below in ((0.5, 0), (1, 20), (30, 307), (144, 2048)):
+        status = repository_status(path, keys, now=T0 + hours * HOUR)
+        rollouts = status["channels"]["stable"]["rollouts"]
+        assert list(rollouts) == ["0.1.0-2"]  # a version without waves has no rollout
+        assert rollouts["0.1.0-2"]["open_seeds_below"] == below
+        assert rollouts["0.1.0-2"]["complete_at"] == "2026-03-07T12:00:00Z"
+    lines = format_status(repository_status(path, keys, now=T0 + 30 * HOUR))
+    assert "  0.1.0-2 in waves: 15 % of seeds open, all from 2026-03-07T12:00:00Z" in lines
