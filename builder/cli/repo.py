@@ -24,6 +24,7 @@ from builder.update.settings import (
     parse_duration,
 )
 from builder.update.status import format_status, repository_status
+from builder.update.waves import load_schedule
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -171,17 +172,32 @@ def status(directory: Path, key_dirs: tuple[Path, ...], as_json: bool) -> None:
     help="The output directory of hostbuild image (manifest.json, NAME.update/).",
 )  # fmt: skip
 @click.option("--channel", default="stable", show_default=True, help="The channel to add it to.")
+@click.option(
+    "--waves", "waves", metavar="FILE|default|none",
+    help="Spread the version over the fleet by the nodes' seeds: a waves file (TOML), "
+    "'default' (Bottlerocket's: 1 % after 1 h ... all after 6 days) or 'none'; delays count "
+    "from when the version was first added [default: keep the entry's waves; a new one has none].",
+)  # fmt: skip
 @keys_option
 @json_option
 def add(
-    directory: Path, output: Path, channel: str, key_dirs: tuple[Path, ...], as_json: bool
-) -> None:
+    directory: Path, output: Path, channel: str, waves: str | None, key_dirs: tuple[Path, ...],
+    as_json: bool,
+) -> None:  # fmt: skip
     """Add a build's update payload to a channel (the same build again changes nothing)."""
+    schedule = load_schedule(waves) if waves is not None else None
     result = add_build(
-        directory.absolute(), _store(directory, key_dirs), output.absolute(), channel
-    )
-    if result.changed:
-        line = (f"added {result.image_id} {result.version} to channel {channel!r}: "
+        directory.absolute(), _store(directory, key_dirs), output.absolute(), channel,
+        waves=schedule,
+    )  # fmt: skip
+    if result.rewaved:
+        line = (
+            f"{result.image_id} {result.version} on channel {channel!r}: waves now "
+            f"{result.rollout}: " + ", ".join(f"{r} v{v}" for r, v in result.signed.items())
+        )
+    elif result.changed:
+        spread = f" in {result.rollout}" if result.waves else ""
+        line = (f"added {result.image_id} {result.version} to channel {channel!r}{spread}: "
                 + ", ".join(f"{r} v{v}" for r, v in result.signed.items()))  # fmt: skip
     else:
         line = f"{result.image_id} {result.version} is on channel {channel!r} already: unchanged"

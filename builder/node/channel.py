@@ -6,10 +6,13 @@ newer version that is not taken says why.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .waves import Wave, format_time, not_started, parse_waves
 
 MANIFEST_FORMAT = 1
 CHANNEL_TARGET = "channels/{channel}.json"  # the manifest's TUF target path (the build side's too)
@@ -53,6 +56,7 @@ class Entry:
     kubelet_minor: str | None
     upgrade_from: str | None
     files: Mapping[str, Payload]
+    waves: tuple[Wave, ...] = ()  # none: every node may take it at once
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -84,12 +88,19 @@ class Running:
 class Decision:
     chosen: Entry | None
     skipped: tuple[tuple[str, str], ...]  # (version, why) of each newer version not taken
+    # versions held back only by their wave, and when that wave starts
+    eligible: Mapping[str, datetime.datetime] | None = None
+    seed: int | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "chosen": self.chosen.version if self.chosen else None,
-            "skipped": [{"version": v, "reason": r} for v, r in self.skipped],
-        }
+        eligible = self.eligible or {}
+        skipped = [
+            {"version": v, "reason": r}
+            | ({"eligible_at": format_time(eligible[v])} if v in eligible else {})
+            for v, r in self.skipped
+        ]
+        return {"chosen": self.chosen.version if self.chosen else None, "skipped": skipped,
+                "seed": self.seed}  # fmt: skip
 
 
 def parse_manifest(data: Any, channel: str) -> Manifest:
@@ -154,7 +165,7 @@ def _entry(item: Any) -> Entry:
         raise ValueError(f"files must name exactly {', '.join(ROLES)}, got {got!r}")
     return Entry(
         version, roothash, layout, minor, upgrade_from,
-        {role: _payload(role, files[role]) for role in ROLES},
+        {role: _payload(role, files[role]) for role in ROLES}, parse_waves(item.get("waves")),
     )  # fmt: skip
 
 
@@ -178,12 +189,16 @@ def _payload(role: str, item: Any) -> Payload:
     return Payload(target, **values)
 
 
-def choose(manifest: Manifest, running: Running, failed: Collection[str]) -> Decision:
+def choose(
+    manifest: Manifest, running: Running, failed: Collection[str],
+    *, seed: int, now: datetime.datetime,
+) -> Decision:  # fmt: skip
     """The newest version of the manifest this node takes, and why each newer one is not.
 
     Taken: strictly newer than the running version, allowed by its `upgrade_from` (the
     running version is at least that), not failed on this node, of this node's layout and
-    image, and kubelet moving at most one minor. Versions not newer are not reported.
+    image, kubelet moving at most one minor, and the wave of this node's `seed` started by
+    `now` (if the version has waves). Versions not newer are not reported.
     """
     current = parse_version(running.version)
     newer = sorted(
@@ -200,18 +215,27 @@ def choose(manifest: Manifest, running: Running, failed: Collection[str]) -> Dec
         if key is None or key > current:
             unreadable.append((key, label, f"unreadable entry: {why}"))
     skipped: list[tuple[str, str]] = []
+    eligible: dict[str, datetime.datetime] = {}
     for entry in newer:
-        reasons = refusals(entry, manifest.image_id, running, failed)
+        reasons = refusals(entry, manifest.image_id, running, failed, seed=seed, now=now)
         if not reasons:
             skipped += [(v, why) for k, v, why in unreadable if k is None or k > entry.key]
-            return Decision(entry, tuple(skipped))
+            return Decision(entry, tuple(skipped), eligible, seed)
         skipped.append((entry.version, "; ".join(reasons)))
-    return Decision(None, (*skipped, *((v, why) for _, v, why in unreadable)))
+        wave = not_started(entry.waves, seed, now)
+        if wave is not None and reasons == [wave[0]]:
+            eligible[entry.version] = wave[1]
+    return Decision(None, (*skipped, *((v, why) for _, v, why in unreadable)), eligible, seed)
 
 
-def refusals(entry: Entry, image_id: str, running: Running, failed: Collection[str]) -> list[str]:
+def refusals(
+    entry: Entry, image_id: str, running: Running, failed: Collection[str],
+    *, seed: int, now: datetime.datetime,
+) -> list[str]:  # fmt: skip
     """Why this node does not take `entry` (empty: it does)."""
     reasons = []
+    if (wave := not_started(entry.waves, seed, now)) is not None:
+        reasons.append(wave[0])
     if entry.upgrade_from is not None and parse_version(running.version) < parse_version(
         entry.upgrade_from, build=False
     ):

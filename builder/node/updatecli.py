@@ -165,6 +165,9 @@ def _status_text(report: dict[str, Any]) -> str:
             f"  {version}: {f['reason']} ({f.get('digest') or 'no digest'}, {f['time']})"
             for version, f in sorted(failed.items())
         ]
+    seed = report.get("seed")
+    lines.append(f"seed:       {seed} (of 0..2047: this node's place in waves)" if seed is not None
+                 else "seed:       none yet (the next check draws it)")  # fmt: skip
     return "\n".join(lines)
 
 

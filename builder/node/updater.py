@@ -42,6 +42,7 @@ from .model import (
     MIN_BANDWIDTH,
     MIN_CHECK_INTERVAL,
 )
+from .seed import SEED_FILE, load_seed, read_seed
 from .updatestate import (
     BootEntry,
     State,
@@ -264,7 +265,8 @@ def _check(ctx: Context) -> tuple[Repository, Manifest, Decision, Config]:
         except ChannelError as e:
             raise UpdateError("rejected", f"channel {config.channel!r}: {e}") from None
         running = Running(ctx.image_id, ctx.version, kubelet_minor(ctx, manifest))
-        decision = choose(manifest, running, set(state.failures()))
+        seed = load_seed(ctx.node.root / SEED_FILE)
+        decision = choose(manifest, running, set(state.failures()), seed=seed, now=ctx.node.clock())
     except UpdateError as e:
         state.last_check = {"time": now(), "result": "error", "kind": e.kind, "detail": str(e)}
         raise
@@ -527,6 +529,7 @@ def status(node: Node) -> dict[str, Any]:
     state = ctx.state
     report: dict[str, Any] = {
         "image_id": ctx.image_id, "running": ctx.version,
+        "seed": read_seed(node.root / SEED_FILE),
         "entries": sorted(e.name for e in ctx.entries.values()),
         **{k: v for k, v in state.to_json().items() if k != "format"}, "events": ctx.events,
     }  # fmt: skip

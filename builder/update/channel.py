@@ -9,10 +9,14 @@ A channel lists the builds of one image that nodes following it may install, old
                                       "size": ..., "sha256": ...,
                                       "compressed_size": ..., "compressed_sha256": ...},
                              "verity": {...}, "uki": {...}},
-                   "added": "2025-01-01T00:00:00+00:00"}]}
+                   "added": "2025-01-01T00:00:00+00:00",
+                   "waves": [{"seed_below": 20, "start": "2025-01-01T01:00:00Z"}, ...,
+                             {"seed_below": 2048, "start": "2025-01-07T00:00:00Z"}]}]}
 
 `size`/`sha256` describe the file after decompression (what lands in the slot or the ESP),
-`compressed_*` the target as downloaded (TUF checks those too).
+`compressed_*` the target as downloaded (TUF checks those too). `waves` is optional (absent:
+every node may take the version at once; rules in builder/node/waves.py); nodes that predate
+it ignore it, so the format stays 1.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import HostbuildError
+from builder.node.waves import Wave, parse_waves
 from builder.profile.skew import load_matrix
 from builder.profile.versions import OsVersion, parse_os_version, release_tuple
 
@@ -83,17 +88,19 @@ class ChannelVersion:
     upgrade_from: str | None  # the oldest OS version that may update to this one; None: any
     files: Mapping[str, ChannelFile]
     added: str
+    waves: tuple[Wave, ...] = ()
 
     @property
     def os_version(self) -> OsVersion:
         return parse_os_version(self.version, build=True)
 
     def as_dict(self) -> dict[str, Any]:
+        waves = {"waves": [w.as_dict() for w in self.waves]} if self.waves else {}
         return {
             "version": self.version, "roothash": self.roothash, "layout": self.layout,
             "kubelet_minor": self.kubelet_minor, "upgrade_from": self.upgrade_from,
             "files": {role: f.as_dict() for role, f in self.files.items()}, "added": self.added,
-        }  # fmt: skip
+        } | waves  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -107,8 +114,13 @@ class Channel:
         return self.versions[-1] if self.versions else None
 
     def with_version(self, new: ChannelVersion) -> Channel:
-        versions = sorted((*self.versions, new), key=lambda v: v.os_version)
+        """The channel with `new` added, or in place of the entry of its version."""
+        kept = (v for v in self.versions if v.version != new.version)
+        versions = sorted((*kept, new), key=lambda v: v.os_version)
         return Channel(self.channel, self.image_id, tuple(versions))
+
+    def entry(self, version: str) -> ChannelVersion | None:
+        return next((v for v in self.versions if v.version == version), None)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -135,8 +147,9 @@ def parse_channel(data: bytes, where: str) -> Channel:
                 upgrade_from=v["upgrade_from"],
                 files={role: ChannelFile(**f) for role, f in v["files"].items()},
                 added=str(v["added"]),
+                waves=parse_waves(v.get("waves"), f"versions[{index}].waves"),
             )  # fmt: skip
-            for v in record["versions"]
+            for index, v in enumerate(record["versions"])
         )
         return Channel(str(record["channel"]), str(record["image_id"]), versions)
     except (ValueError, KeyError, TypeError, AttributeError) as e:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from builder.build.manifest import MANIFEST
 from builder.disk.payload import PAYLOAD_VERSION
 from builder.errors import HostbuildError
 from builder.log import step
+from builder.node.waves import Wave
 from builder.profile.versions import parse_os_version
 from builder.update.channel import (
     FILE_ROLES,
@@ -38,6 +39,7 @@ from builder.update.channel import (
 from builder.update.files import Changes
 from builder.update.keys import KeyStore
 from builder.update.repository import HASHES, Repository, locked, open_repository, sign_roles
+from builder.update.waves import Schedule, describe, waves_at
 
 logger = logging.getLogger(__name__)
 
@@ -187,19 +189,32 @@ class AddResult:
     version: str
     targets: list[str]
     signed: dict[str, int]
+    waves: tuple[Wave, ...] = ()
+    rewaved: bool = False  # the version was on the channel: only its waves changed
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "changed": self.changed, "channel": self.channel, "image_id": self.image_id,
             "version": self.version, "targets": self.targets, "signed": self.signed,
+            "waves": [w.as_dict() for w in self.waves], "waves_changed": self.rewaved,
         }  # fmt: skip
+
+    @property
+    def rollout(self) -> str:
+        return describe(self.waves)
 
 
 def add_build(
     path: Path, keys: KeyStore, output: Path, channel: str = "stable",
-    now: datetime.datetime | None = None,
+    now: datetime.datetime | None = None, waves: Schedule | None = None,
 ) -> AddResult:  # fmt: skip
-    """Add the build in `output` to `channel`; the same build again changes nothing."""
+    """Add the build in `output` to `channel`; the same build again changes nothing.
+
+    `waves` spreads the version over the fleet, its delays counted from when the version was
+    first added (so the same schedule again changes nothing); None keeps the entry's waves (a
+    new one gets none), an empty schedule removes them. A build on the channel already gets
+    the new waves and nothing else.
+    """
     now = (now or datetime.datetime.now(datetime.UTC)).replace(microsecond=0)
     check_name("channel", channel)
     build = read_build(output)
@@ -221,18 +236,24 @@ def add_build(
         }  # fmt: skip
         entry = ChannelVersion(
             build.version, build.roothash, build.layout, build.kubelet_minor, build.upgrade_from,
-            files, now.isoformat(),
+            files, now.isoformat(), waves_at(waves or (), now),
         )  # fmt: skip
-        if not check_addition(current, entry, build.payload, build.manifest,
-                              skew_overrides=build.skew_overrides):  # fmt: skip
-            logger.info("%s %s is on channel %r already: nothing to do", build.image_id,
-                        build.version, channel)  # fmt: skip
-            return AddResult(False, channel, build.image_id, build.version, [], {})
+        new = check_addition(current, entry, build.payload, build.manifest,
+                             skew_overrides=build.skew_overrides)  # fmt: skip
+        if not new:
+            old = next(v for v in current.versions if v.version == build.version)
+            entry = old if waves is None else replace(old, waves=_rewave(old, waves))
+            if entry == old:
+                logger.info("%s %s is on channel %r already: nothing to do", build.image_id,
+                            build.version, channel)  # fmt: skip
+                return AddResult(False, channel, build.image_id, build.version, [], {}, old.waves)
+            logger.info("%s %s is on channel %r already: its waves change to %s",
+                        build.image_id, build.version, channel, describe(entry.waves))  # fmt: skip
         with (
             step(f"Add {build.image_id} {build.version} to channel {channel!r} of {path}"),
             Changes() as changes,
         ):
-            added = _stage_files(repo, changes, build, files)
+            added = _stage_files(repo, changes, build, files) if new else []
             updated = current.with_version(entry)
             data = updated.to_bytes()
             manifest = TargetFile.from_data(channel_target(channel), data, HASHES)
@@ -242,7 +263,19 @@ def add_build(
             signed = sign_roles(repo, keys, changes, {"targets"}, now)
             changes.commit()
     return AddResult(True, channel, build.image_id, build.version,
-                     [*added, manifest.path], signed)  # fmt: skip
+                     [*added, manifest.path], signed, entry.waves, not new)  # fmt: skip
+
+
+def _rewave(entry: ChannelVersion, waves: Schedule) -> tuple[Wave, ...]:
+    """`waves` counted from when `entry` was added (its `added` time)."""
+    try:
+        added = datetime.datetime.fromisoformat(entry.added)
+    except ValueError:
+        raise HostbuildError(
+            f"version {entry.version}: its added time {entry.added!r} is not an ISO time",
+            hint="the channel manifest was edited by hand; restore it from the repository",
+        ) from None
+    return waves_at(waves, added if added.tzinfo else added.replace(tzinfo=datetime.UTC))
 
 
 def _stage_files(

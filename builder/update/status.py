@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from builder.node.waves import SEEDS, Wave, format_time
 from builder.update.images import read_channel
 from builder.update.keys import OFFLINE_ROLES, ROLES, KeyStore
 from builder.update.repository import open_repository
@@ -71,6 +72,9 @@ def repository_status(
                 "versions": [v.version for v in channel.versions],
                 "latest": channel.latest.version if channel.latest else None,
             }
+            rollouts = {v.version: rollout(v.waves, now) for v in channel.versions if v.waves}
+            if rollouts:  # only versions with waves have one
+                channels[name]["rollouts"] = rollouts
     return {
         "repository": os.fspath(path),
         "consistent_snapshot": bool(repo.root.signed.consistent_snapshot),
@@ -79,6 +83,13 @@ def repository_status(
         "targets": len(repo.targets.signed.targets),
         "warnings": warnings,
     }
+
+
+def rollout(waves: tuple[Wave, ...], now: datetime.datetime) -> dict[str, Any]:
+    """How far a version's waves are at `now`: the seeds they opened, when all are open."""
+    opened = max((w.seed_below for w in waves if w.start <= now), default=0)
+    return {"open_seeds_below": opened, "open_share": round(opened * 100 / SEEDS, 1),
+            "complete_at": format_time(waves[-1].start)}  # fmt: skip
 
 
 def _human(delta: datetime.timedelta) -> str:
@@ -104,5 +115,8 @@ def format_status(status: dict[str, Any]) -> list[str]:
     for name, channel in status["channels"].items():
         versions = ", ".join(channel["versions"]) or "-"
         lines.append(f"channel {name}: {channel['image_id']} {versions}")
+        for version, r in channel.get("rollouts", {}).items():
+            lines.append(f"  {version} in waves: {r['open_share']:g} % of seeds open, all from "
+                         f"{r['complete_at']}")  # fmt: skip
     lines.extend(f"warning: {w}" for w in status["warnings"])
     return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 from typing import Any
 
 import pytest
@@ -39,11 +40,12 @@ def manifest(*versions: Any, image_id: str = "worker-standin") -> dict[str, Any]
 
 
 RUNNING = Running("worker-standin", "0.1.0-2", "1.35")
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
 def decide(data: dict[str, Any], running: Running = RUNNING, failed: tuple[str, ...] = ()
            ) -> tuple[str | None, list[tuple[str, str]]]:  # fmt: skip
-    decision = choose(parse_manifest(data, "stable"), running, failed)
+    decision = choose(parse_manifest(data, "stable"), running, failed, seed=0, now=NOW)
     return (decision.chosen.version if decision.chosen else None), list(decision.skipped)
 
 
