@@ -21,6 +21,7 @@ from tests.vm.updatenode import (
     node_on,
     reboot,
     running,
+    settle,
     update_json,
     wait_until,
 )
@@ -93,7 +94,7 @@ def test_updates_alternate_slots_and_a_failed_version_rolls_back(
                    3 * BOOT_TIMEOUT, "three failed tries of v4")  # fmt: skip
         time.sleep(15)
         node.vm.wait_for_ssh(BOOT_TIMEOUT)
-        node.wait_for("systemctl is-active multi-user.target")
+        settle(node)
         assert running(node)[0] == V3
         status = update_json(node, "status")
         assert V4 in status["failed"], status

@@ -56,7 +56,7 @@ def node_on(
         with boot_vm(config, tools, work) as vm:
             vm.wait_for_ssh(BOOT_TIMEOUT)
             node = Node(vm, ssh_config(work / "ssh_config", vm.ssh_port, key))
-            node.wait_for("systemctl is-active multi-user.target")
+            settle(node)
             yield node
             vm.poweroff()
 
@@ -66,11 +66,17 @@ def update_json(node: Node, verb: str) -> dict[str, Any]:
     return result
 
 
+def settle(node: Node) -> None:
+    """Wait for multi-user.target; stop the update timer, so only the test runs the updater."""
+    node.wait_for("systemctl is-active multi-user.target")
+    node.sh("systemctl stop hostbuild-update.timer")
+
+
 def reboot(node: Node) -> None:
     node.host.run("systemctl reboot")
     time.sleep(15)
     node.vm.wait_for_ssh(BOOT_TIMEOUT)
-    node.wait_for("systemctl is-active multi-user.target")
+    settle(node)
 
 
 def running(node: Node) -> tuple[str, str]:
