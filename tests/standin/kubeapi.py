@@ -41,6 +41,7 @@ class Handler(BaseHTTPRequestHandler):
 
     server: StandinServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes
 
     def do_GET(self) -> None:
         self.handle_api("GET")
@@ -187,7 +188,7 @@ class StandinServer(ThreadingHTTPServer):
 def serve(cluster: Cluster) -> Iterator[StandinServer]:
     """Run the stand-in on a free loopback port until the block ends."""
     server = StandinServer(cluster)
-    thread = threading.Thread(target=server.serve_forever, name="kubeapi-standin", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="kubeapi-standin", daemon=True)
     thread.start()
     try:
         yield server
@@ -195,3 +196,4 @@ def serve(cluster: Cluster) -> Iterator[StandinServer]:
         server.shutdown()
         server.server_close()
         thread.join()
+        cluster.close()

@@ -61,6 +61,7 @@ class Cluster:
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) received
     faults: dict[tuple[str, str], int] = field(default_factory=dict)  # (method, path) -> code
     lock: threading.RLock = field(default_factory=threading.RLock)
+    _timers: list[threading.Timer] = field(default_factory=list)
     _versions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def add_node(self, name: str, machine_id: str, unschedulable: bool = False) -> Json:
@@ -196,7 +197,14 @@ class Cluster:
             self._stamp(pod)
             timer = threading.Timer(self.grace, self._remove, (key, uid))
             timer.daemon = True
+            self._timers.append(timer)
             timer.start()
+
+    def close(self) -> None:
+        """Cancel the grace timers still running (pods stay Terminating)."""
+        with self.lock:
+            for timer in self._timers:
+                timer.cancel()
 
     def _remove(self, key: tuple[str, str], uid: str) -> None:
         with self.lock:
