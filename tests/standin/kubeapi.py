@@ -188,7 +188,9 @@ class StandinServer(ThreadingHTTPServer):
 def serve(cluster: Cluster) -> Iterator[StandinServer]:
     """Run the stand-in on a free loopback port until the block ends."""
     server = StandinServer(cluster)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="kubeapi-standin", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="kubeapi-standin", daemon=True
+    )
     thread.start()
     try:
         yield server
