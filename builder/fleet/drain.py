@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from builder.fleet.drainid import app_specific_id
 from builder.fleet.hooks import DrainError, NodeRef
-from builder.fleet.kube import Eviction, KubeApi, KubeError, Node, Pod
+from builder.fleet.kube import Eviction, KubeApi, KubeError, Node, Pod, load_api
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class Pending:
 
 @dataclass
 class Drainer:
-    """The coordinator's drain hook (`builder.fleet.hooks.DrainHook`) for one cluster."""
+    """The coordinator's drain hook (`builder.fleet.hooks.DrainHook`) for one cluster. It keeps
+    no state between calls, so one Drainer may drain several nodes from several threads."""
 
     api: KubeApi
     timeouts: DrainTimeouts = field(default_factory=DrainTimeouts)
@@ -71,6 +73,10 @@ class Drainer:
         except (KubeError, DrainError) as error:
             reason = error.reason if isinstance(error, DrainError) else str(error)
             raise DrainError(self.fail_closed(found.name, node, reason, cordoned)) from None
+        except Exception as error:  # a bug must not leave a node cordoned nor grant its lock
+            logger.exception("drain of node %s failed unexpectedly", found.name)
+            reason = f"unexpected error: {error!r}"
+            raise DrainError(self.fail_closed(found.name, node, reason, cordoned)) from error
         logger.info("node %s drained", found.name)
 
     def uncordon(self, node: NodeRef) -> None:
@@ -179,6 +185,17 @@ class Drainer:
         return f"{reason}; node {name!r} uncordoned"
 
 
+def load_drainer(
+    kubeconfig: Path | None = None,
+    context: str | None = None,
+    timeouts: DrainTimeouts | None = None,
+    request_timeout: float = 10.0,
+) -> Drainer:
+    """A Drainer for the cluster of `kubeconfig` (see `kube.load_api` for the fallbacks)."""
+    api = load_api(kubeconfig, context, timeout=request_timeout)
+    return Drainer(api, timeouts if timeouts is not None else DrainTimeouts())
+
+
 def fleetlock_id(node: Node) -> str | None:
     """The FleetLock id of a Node, None when its machineID is missing or not an id128."""
     try:
@@ -195,9 +212,7 @@ def wants_eviction(pod: Pod) -> bool:
 
 def describe(pending: list[Pending]) -> str:
     parts = [
-        f"pod {p.pod} is still terminating"
-        if p.evicted
-        else f"pod {p.pod} blocked: {p.refusal or 'not yet asked'}"
+        f"pod {p.pod} is still terminating" if p.evicted else f"pod {p.pod} blocked: {p.refusal}"
         for p in pending
     ]
     return "; ".join(parts)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.fleet.drain import Drainer, DrainTimeouts
+from builder.fleet.drain import Drainer, DrainTimeouts, load_drainer
 from builder.fleet.drainid import FLEETLOCK_APP_ID, app_specific_id
 from builder.fleet.hooks import DrainError, NodeRef
 from builder.fleet.kube import CORDON_ANNOTATION, KubeApi, KubeError, load_api
@@ -384,12 +384,26 @@ def test_the_uncordon_failing_too_is_reported(
     assert cordoned(cluster, "node-a")
 
 
-def test_wrong_credentials_are_an_api_error(
-    server: StandinServer, tmp_path: Path, clock: FakeClock
+def test_an_unexpected_error_uncordons_too(
+    api: KubeApi, clock: FakeClock, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def broken(node: str) -> None:
+        raise RuntimeError(f"a bug listing the pods of {node}")
+
+    monkeypatch.setattr(api, "list_pods", broken)
+    with pytest.raises(DrainError) as caught:
+        drainer(api, clock).drain(ref("node-a"))
+    assert str(caught.value) == (
+        "unexpected error: RuntimeError('a bug listing the pods of node-a');"
+        " node 'node-a' uncordoned"
+    )
+    assert not cordoned(cluster, "node-a")
+
+
+def test_wrong_credentials_are_an_api_error(server: StandinServer, tmp_path: Path) -> None:
     kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig", token="not-the-token")
     with pytest.raises(DrainError, match=r"cannot list nodes: HTTP 401: Unauthorized$"):
-        drainer(load_api(kubeconfig), clock).drain(ref("node-a"))
+        load_drainer(kubeconfig).drain(ref("node-a"))
 
 
 def test_a_missing_kubeconfig_says_what_to_pass(tmp_path: Path) -> None:
