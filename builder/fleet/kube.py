@@ -222,6 +222,6 @@ def api_error(what: str, error: ApiException) -> KubeError:
 
 def transport_error(what: str, error: Exception) -> KubeError:
     return KubeError(
-        f"cannot {what}: the API server did not answer: {error}",
-        hint="check the kubeconfig's server address and that the API server is up",
+        f"cannot {what}: the API server could not be reached: {error}",
+        hint="check the kubeconfig's server address and CA, and that the API server is up",
     )

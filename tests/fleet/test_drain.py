@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builder.fleet.drain import Drainer, DrainTimeouts, load_drainer
 from builder.fleet.drainid import FLEETLOCK_APP_ID, app_specific_id
@@ -337,7 +338,7 @@ def test_api_server_unreachable_fails_closed(
         drainer(load_api(kubeconfig, timeout=2), clock).drain(ref("node-a"))
     assert str(caught.value).startswith(
         f"cannot find the Kubernetes node of {ref('node-a').id}: cannot list nodes: the API"
-        " server did not answer: "
+        " server could not be reached: "
     )
 
 
@@ -404,6 +405,27 @@ def test_wrong_credentials_are_an_api_error(server: StandinServer, tmp_path: Pat
     kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig", token="not-the-token")
     with pytest.raises(DrainError, match=r"cannot list nodes: HTTP 401: Unauthorized$"):
         load_drainer(kubeconfig).drain(ref("node-a"))
+
+
+def test_a_client_certificate_is_credentials_too(
+    server: StandinServer, cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.add_pod("shop", "web-a", "node-a")
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig", token=None, client_cert=True)
+    load_drainer(kubeconfig).drain(ref("node-a"))
+    assert cluster.evictions() == ["shop/web-a"]
+
+
+def test_a_server_certificate_from_another_ca_is_refused(
+    server: StandinServer, cluster: Cluster, tmp_path: Path
+) -> None:
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+    config = yaml.safe_load(kubeconfig.read_text())
+    del config["clusters"][0]["cluster"]["certificate-authority-data"]  # the system's CAs only
+    kubeconfig.write_text(yaml.safe_dump(config))
+    with pytest.raises(DrainError, match=r"could not be reached: .*CERTIFICATE_VERIFY_FAILED"):
+        load_drainer(kubeconfig, request_timeout=2).drain(ref("node-a"))
+    assert not cordoned(cluster, "node-a")
 
 
 def test_a_missing_kubeconfig_says_what_to_pass(tmp_path: Path) -> None:

@@ -3,15 +3,20 @@
 A threaded HTTP server on 127.0.0.1 that answers the endpoints hostbuild's drain calls through
 the official client, with the status codes and `Status` bodies a real API server sends: nodes
 (list, read, merge and strategic-merge patches), pods (list by field selector, read) and the
-policy/v1 Eviction subresource (201, 404, 409, 429 from `kubecluster`'s budget model). It checks
-a bearer token; `write_kubeconfig` gives the client a kubeconfig for it.
+policy/v1 Eviction subresource (201, 404, 409, 429 from `kubecluster`'s budget model). It
+speaks HTTPS with a throwaway CA (`kubetls`) and takes a bearer token or a client certificate;
+`write_kubeconfig` gives the client a kubeconfig for it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import socket
+import ssl
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +29,7 @@ import yaml
 
 from tests.standin.kubecluster import ApiStatus, Cluster, Json, discovery, merge_patch, not_found
 from tests.standin.kubecluster import select as select_objects
+from tests.standin.kubetls import CLIENT_NAME, Pki, make_pki
 
 TOKEN = "hostbuild-test-standin-token"
 MERGE_PATCHES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
@@ -42,6 +48,18 @@ class Handler(BaseHTTPRequestHandler):
     server: StandinServer
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as two writes
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # here, in the request's thread, not in accept()
+
+    def authenticated(self) -> bool:
+        if self.headers.get("Authorization") == f"Bearer {TOKEN}":
+            return True
+        peer = self.request.getpeercert() if isinstance(self.request, ssl.SSLSocket) else None
+        subject: Any = (peer or {}).get("subject", ())  # ((("commonName", "x"),), ...)
+        return (("commonName", CLIENT_NAME),) in subject
 
     def do_GET(self) -> None:
         self.handle_api("GET")
@@ -64,7 +82,7 @@ class Handler(BaseHTTPRequestHandler):
             cluster.requests.append((method, url.path))
             fault = cluster.faults.get((method, url.path))
         try:
-            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            if not self.authenticated():
                 raise ApiStatus(401, "Unauthorized", "Unauthorized")
             if fault is not None:
                 raise ApiStatus(fault, "InternalError", f"stand-in fault injected: {fault}")
@@ -161,21 +179,47 @@ def decode(raw: bytes) -> Json:
 class StandinServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, tls: ssl.SSLContext | None, pki: Pki) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
-        self.cluster = cluster
+        self.cluster, self.tls, self.pki = cluster, tls, pki
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = self.socket.accept()
+        if self.tls is not None:
+            connection = self.tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up or refused the certificate: the client reports it
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.server_address[1]}"
 
-    def write_kubeconfig(self, path: Path, token: str = TOKEN) -> Path:
-        """A kubeconfig (one cluster, one user with a bearer token, one current context)."""
+    def write_kubeconfig(
+        self, path: Path, token: str | None = TOKEN, client_cert: bool = False
+    ) -> Path:
+        """A kubeconfig (one cluster, its CA, one user with a bearer token and/or the stand-in
+        client certificate, one current context)."""
+
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode()
+
+        cluster: Json = {"server": self.url}
+        if self.tls is not None:
+            cluster["certificate-authority-data"] = b64(self.pki.ca)
+        user: Json = {"token": token} if token is not None else {}
+        if client_cert:
+            user["client-certificate-data"] = b64(self.pki.client.cert)
+            user["client-key-data"] = b64(self.pki.client.key)
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-            "users": [{"name": "fleet", "user": {"token": token}}],
+            "clusters": [{"name": "standin", "cluster": cluster}],
+            "users": [{"name": "fleet", "user": user}],
             "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "fleet"}}],
             "current-context": "standin",
         }
@@ -185,9 +229,13 @@ class StandinServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve(cluster: Cluster) -> Iterator[StandinServer]:
-    """Run the stand-in on a free loopback port until the block ends."""
-    server = StandinServer(cluster)
+def serve(cluster: Cluster, tls: bool = True) -> Iterator[StandinServer]:
+    """Run the stand-in on a free loopback port (HTTPS unless `tls` is False) until the block
+    ends."""
+    pki = make_pki()
+    with tempfile.TemporaryDirectory(prefix="kubeapi-standin-") as directory:
+        context = pki.server_context(Path(directory)) if tls else None
+    server = StandinServer(cluster, context, pki)
     thread = threading.Thread(
         target=server.serve_forever, args=(0.05,), name="kubeapi-standin", daemon=True
     )
