@@ -7,20 +7,24 @@ budget that gives way "during" the drain or a drain that runs out of time is det
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from builder.fleet.drain import Drainer, DrainTimeouts, load_drainer
 from builder.fleet.drainid import FLEETLOCK_APP_ID, app_specific_id
 from builder.fleet.hooks import DrainError, NodeRef
-from builder.fleet.kube import CORDON_ANNOTATION, KubeApi, KubeError, load_api
+from builder.fleet.kube import CORDON_ANNOTATION, Eviction, KubeApi, KubeError, load_api
 from builder.run import run
 from tests.standin.kubeapi import StandinServer, serve
 from tests.standin.kubecluster import Cluster
@@ -433,3 +437,27 @@ def test_a_missing_kubeconfig_says_what_to_pass(tmp_path: Path) -> None:
         load_api(tmp_path / "nowhere")
     assert str(caught.value).startswith(f"cannot load kubeconfig '{tmp_path / 'nowhere'}': ")
     assert caught.value.hint is not None and "--kubeconfig" in caught.value.hint
+
+
+def test_the_stand_in_answers_as_an_api_server(api: KubeApi, cluster: Cluster) -> None:
+    """The stand-in's own codes and Status bodies, through the client (the drain relies on them)."""
+    pod = cluster.add_pod("shop", "web-a", "node-a")
+    version = client.VersionApi(api.core.api_client).get_code()
+    assert version.git_version.endswith("-hostbuild-test-standin")
+
+    with pytest.raises(ApiException) as caught:
+        api.core.patch_node("node-a", [{"op": "add"}], _content_type="application/json-patch+json")
+    assert caught.value.status == 415
+    assert json.loads(caught.value.body or "")["reason"] == "UnsupportedMediaType"
+
+    listed = api.read_pod("shop", "web-a")
+    assert listed is not None and listed.uid == pod["metadata"]["uid"]
+    stale = replace(listed, uid=str(uuid.uuid4()))
+    assert api.evict(stale)[0] is Eviction.GONE  # 409: the uid precondition failed
+    assert ("shop", "web-a") in cluster.pods
+    missing = replace(stale, name="nowhere")
+    assert api.evict(missing) == (Eviction.GONE, 'pods "nowhere" not found')
+
+    assert api.read_pod("shop", "nowhere") is None
+    assert [p.name for p in api.list_pods("node-a")] == ["web-a"]
+    assert api.list_pods("node-b") == []

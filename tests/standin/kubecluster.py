@@ -313,8 +313,19 @@ def select(objects: list[Json], query: dict[str, list[str]], kind: str) -> Json:
 
 def discovery(path: str) -> Json | None:
     """Just enough discovery for a client that asks (the typed client does not)."""
+    path = path.rstrip("/") or "/"  # VersionApi asks for /version/
     if path == "/version":
-        return {"major": "1", "minor": "35", "gitVersion": "v1.35.0-hostbuild-test-standin"}
+        return {
+            "major": "1",
+            "minor": "35",
+            "gitVersion": "v1.35.0-hostbuild-test-standin",
+            "gitCommit": "0" * 40,
+            "gitTreeState": "clean",
+            "buildDate": "1970-01-01T00:00:00Z",
+            "goVersion": "none",
+            "compiler": "none",
+            "platform": "linux/amd64",
+        }
     if path == "/api":
         return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
     if path == "/apis":
