@@ -1,0 +1,1 @@
+"""Fleet rolling updates: takes nodes asking FleetLock for a reboot slot, gives slots in order."""
