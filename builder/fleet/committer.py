@@ -149,14 +149,21 @@ class GroupCommitter:
 
     def _apply(self, batch: list[Op]) -> list[Any]:
         for _ in range(MAX_CONFLICTS):
-            if self.snap is None or time.monotonic() - self.snap.read_at >= self.refresh:
+            fresh = self.snap is None or time.monotonic() - self.snap.read_at >= self.refresh
+            if fresh:
                 self.snap = self.store.snapshot(self.policy.name)
             snap = self.snap
+            assert snap is not None
             state = snap.state.copy()
             changes = rules.Changes()
             now = self.clock()
             lost = rules.reap(state, snap.live, changes, now)
             results = [self._one(op, state, changes, now) for op in batch]
+            if not fresh and any(_unverified(op, r) for op, r in zip(batch, results, strict=True)):
+                # "you hold no slot" from a cached state might be stale (another replica
+                # granted it): only a fresh read may say so
+                self.snap = None
+                continue
             if state == snap.state and not changes:
                 return results
             new = self.store.commit(self.policy.name, snap, state, changes)
@@ -188,3 +195,10 @@ class GroupCommitter:
         if op.kind == "resume":
             return rules.resume(state)
         return None
+
+
+def _unverified(op: Op, result: Any) -> bool:
+    """A result that writes nothing and that a stale state could have got wrong."""
+    if op.kind == "unlock":
+        return isinstance(result, rules.Released) and result.holder is None
+    return op.kind in ("drained", "drain_failed") and not result

@@ -21,8 +21,6 @@ from .store import Store, StoreError
 
 logger = logging.getLogger(__name__)
 
-GATE_CACHE = 1.0  # seconds a dependency group's view is reused by the canary gate
-
 
 class Coordinator:
     def __init__(
@@ -40,6 +38,7 @@ class Coordinator:
         self.drainer = drainer
         self.wait = wait
         self.clock = clock
+        self.refresh = refresh  # also how long the canary gate reuses its view of a group
         self._gate_cache: dict[str, tuple[float, Any]] = {}
         self._gate_lock = threading.Lock()
         self.committers = {
@@ -75,7 +74,7 @@ class Coordinator:
     def _dependency(self, name: str) -> Any:
         with self._gate_lock:
             cached = self._gate_cache.get(name)
-            if cached and time.monotonic() - cached[0] < GATE_CACHE:
+            if cached and time.monotonic() - cached[0] < self.refresh:
                 return cached[1]
         view = (self.store.snapshot(name).state, self.store.reports(name))
         with self._gate_lock:

@@ -68,10 +68,17 @@ class Fleet:
     def store(self) -> Store:
         return Store(self.etcd.urls, timeout=3.0, prefix=self.prefix)
 
-    def serve(self, policy: FleetPolicy | None = None, drainer: Drainer | None = None, *,
-              wait: float = 0.0, refresh: float = 0.2) -> Served:
-        coordinator = Coordinator(self.store(), policy or single_group("default", 1),
-                                  drainer, wait=wait, refresh=refresh)
+    def serve(
+        self,
+        policy: FleetPolicy | None = None,
+        drainer: Drainer | None = None,
+        *,
+        wait: float = 0.0,
+        refresh: float = 0.2,
+    ) -> Served:
+        coordinator = Coordinator(
+            self.store(), policy or single_group("default", 1), drainer, wait=wait, refresh=refresh
+        )
         server = FleetHttpServer(("127.0.0.1", 0), coordinator, admin_token=TOKEN)
         start_server(server)
         s = Served(coordinator, server)
@@ -91,8 +98,9 @@ def fleet(etcd: EtcdCluster) -> Iterator[Fleet]:
     f.close()
 
 
-def call(port: int, path: str, body: Any, headers: dict[str, str] | None = None,
-         method: str = "POST") -> tuple[int, dict[str, Any] | None]:
+def call(
+    port: int, path: str, body: Any, headers: dict[str, str] | None = None, method: str = "POST"
+) -> tuple[int, dict[str, Any] | None]:
     """One request; the status and the JSON body (None when empty)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
@@ -105,13 +113,16 @@ def call(port: int, path: str, body: Any, headers: dict[str, str] | None = None,
         conn.close()
 
 
-def fleetlock(port: int, endpoint: str, node_id: str, group: str = "default",
-              **extra: str) -> tuple[int, dict[str, Any] | None]:
+def fleetlock(
+    port: int, endpoint: str, node_id: str, group: str = "default", **extra: str
+) -> tuple[int, dict[str, Any] | None]:
     body = {"client_params": {"id": node_id, "group": group, **extra}}
     return call(port, f"/v1/{endpoint}", body, {"fleet-lock-protocol": "true"})
 
 
-def admin(port: int, path: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, dict[str, Any] | None]:
+def admin(
+    port: int, path: str, body: Any = None, token: str | None = TOKEN
+) -> tuple[int, dict[str, Any] | None]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if body is None:
         return call(port, f"/v1/admin/{path}", b"", headers, method="GET")
