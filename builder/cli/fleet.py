@@ -22,7 +22,7 @@ from builder.fleet.coordinator import Coordinator
 from builder.fleet.policy import load_policy, single_group
 from builder.fleet.server import FleetHttpServer, Tls
 from builder.fleet.status import format_status
-from builder.fleet.store import EtcdTls, Store
+from builder.fleet.store import PREFIX, EtcdTls, Store
 from builder.update.settings import parse_duration
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ def fleet() -> None:
     metavar="URL[,URL...]",
     envvar="HOSTBUILD_FLEET_ETCD",
     help="etcd client URLs (its v3 JSON gateway) [env: HOSTBUILD_FLEET_ETCD].",
+)
+@click.option(
+    "--etcd-prefix", default=PREFIX, show_default=True, help="Where in etcd the fleet's keys live."
 )
 @click.option(
     "--listen", required=True, callback=_listen, metavar="ADDR:PORT", help="Where nodes connect."
@@ -131,6 +134,7 @@ def fleet() -> None:
 @click.option("--etcd-key", type=click.Path(dir_okay=False, path_type=Path), help="Its key.")
 def serve(
     etcd_urls: str,
+    etcd_prefix: str,
     listen: tuple[str, int],
     config: Path | None,
     group: str,
@@ -155,7 +159,9 @@ def serve(
     tls = Tls(tls_cert, tls_key, client_ca, match_client_id) if tls_cert and tls_key else None
     token = read_token(admin_token_file) if admin_token_file else None
     etcd_tls = EtcdTls(*(str(p) if p else None for p in (etcd_ca, etcd_cert, etcd_key)))
-    store = Store([u.strip() for u in etcd_urls.split(",") if u.strip()], etcd_tls)
+    store = Store(
+        [u.strip() for u in etcd_urls.split(",") if u.strip()], etcd_tls, prefix=etcd_prefix
+    )
     coordinator = Coordinator(store, policy, wait=wait)
     server = FleetHttpServer(listen, coordinator, tls=tls, admin_token=token)
     stop = threading.Event()
