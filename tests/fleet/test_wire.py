@@ -84,7 +84,7 @@ def served_cli(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[int, Path]]:
         "--slots",
         "1",
         "--admin-token-file",
-        token,
+        os.fspath(token),
     ]
     env = {**os.environ, "PYTHONPATH": os.fspath(REPO)}
     proc = spawn(argv, output=tmp_path / "serve.log", env=env, cwd=REPO)
