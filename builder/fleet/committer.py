@@ -23,7 +23,7 @@ from .store import Store, StoreError
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 32  # etcd's default --max-txn-ops is 128; each request writes at most 3 keys
+MAX_BATCH = 60  # etcd allows 128 operations a transaction (--max-txn-ops); a request writes 2
 MAX_CONFLICTS = 50
 
 
@@ -96,7 +96,8 @@ class GroupCommitter:
                     op.future.set_result(op.last)
                 stale = self.snap is None or now - self.snap.read_at >= self.refresh
                 watch = bool(self._waiting) or bool(self.snap and self.snap.state.holders)
-                if self._ops or (stale and watch):
+                fits = self.snap is not None and len(self.snap.state.holders) < self.policy.slots
+                if self._ops or (stale and watch) or (self._waiting and fits):
                     break
                 timeout = self.refresh if watch else None
                 if self._waiting:
@@ -159,6 +160,7 @@ class GroupCommitter:
             now = self.clock()
             lost = rules.reap(state, snap.live, changes, now)
             results = [self._one(op, state, changes, now) for op in batch]
+            self._hand_over(batch, results, state, changes, now)
             if not fresh and any(_unverified(op, r) for op, r in zip(batch, results, strict=True)):
                 # "you hold no slot" from a cached state might be stale (another replica
                 # granted it): only a fresh read may say so
@@ -178,6 +180,24 @@ class GroupCommitter:
                 return results
             self.snap = None  # another replica wrote first: read again and redo the batch
         raise StoreError(f"group {self.policy.name!r}: {MAX_CONFLICTS} write conflicts in a row")
+
+    def _hand_over(
+        self,
+        batch: list[Op],
+        results: list[Any],
+        state: rules.GroupState,
+        changes: rules.Changes,
+        now: float,
+    ) -> None:
+        """Slots this batch frees go to waiting requests in the same write (one commit per
+        hand-over instead of two)."""
+        while len(batch) < MAX_BATCH and len(state.holders) < self.policy.slots:
+            with self._cond:
+                if not self._waiting:
+                    return
+                op = self._waiting.popleft()
+            batch.append(op)
+            results.append(self._one(op, state, changes, now))
 
     def _one(self, op: Op, state: rules.GroupState, changes: rules.Changes, now: float) -> Any:
         p = op.params
