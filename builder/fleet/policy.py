@@ -179,9 +179,30 @@ def parse_policy(doc: Any, file: str) -> FleetPolicy:
                 issues.append(
                     Issue(file, f"groups.{g.name}.after", "a group cannot wait for itself")
                 )
+    for name in groups:
+        if not issues and _waits_for(groups, name, name, set()):
+            issues.append(
+                Issue(
+                    file,
+                    f"groups.{name}.after",
+                    "the groups wait for each other in a circle: none would ever reboot",
+                )
+            )
     if issues:
         raise PolicyError(sorted(issues, key=lambda i: i.path))
     return FleetPolicy(groups, version)
+
+
+def _waits_for(groups: Mapping[str, GroupPolicy], name: str, target: str, seen: set[str]) -> bool:
+    """Whether `name` waits, directly or through others, for `target`."""
+    for dep in groups[name].after:
+        if dep == target:
+            return True
+        if dep not in seen:
+            seen.add(dep)
+            if _waits_for(groups, dep, target, seen):
+                return True
+    return False
 
 
 def load_policy(path: Path) -> FleetPolicy:
