@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from builder.fleet.store import Store, _b64, _unb64
+from builder.fleet.store import Store
 from builder.run import spawn
-from tests.etcdcluster import EtcdCluster, etcd_cluster, free_port
+from tests.etcdcluster import EtcdCluster, etcd_cluster, free_port, max_holders_in_etcd
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -93,26 +93,6 @@ class Nodes:
         return time.monotonic() - start
 
 
-def max_holders_in_etcd(store: Store) -> tuple[int, int]:
-    """Walk the group key back through every revision: the most holders any version had."""
-    key = store.group_key("default")
-    revision: int | None = None
-    most = versions = 0
-    while True:
-        body: dict[str, Any] = {"key": _b64(key)}
-        if revision is not None:
-            body["revision"] = revision
-        kvs = store._call("/kv/range", body).get("kvs", [])
-        if not kvs:
-            return most, versions
-        kv = kvs[0]
-        versions += 1
-        most = max(most, len(json.loads(_unb64(kv["value"]))["holders"]))
-        if int(kv["mod_revision"]) <= int(kv["create_revision"]):
-            return most, versions
-        revision = int(kv["mod_revision"]) - 1
-
-
 def run_one(
     etcd: EtcdCluster, nodes: int, k: int, cycle: float, wait: float, log: Path
 ) -> dict[str, Any]:
@@ -162,7 +142,7 @@ def run_one(
             proc.kill()
             proc.wait(10)
     store = Store(etcd.urls, prefix=prefix)
-    etcd_most, versions = max_holders_in_etcd(store)
+    etcd_most, versions = max_holders_in_etcd(store, "default")
     ideal = math.ceil(nodes / k) * cycle
     return {
         "k": k,

@@ -7,6 +7,7 @@ etcd syncs its log on every commit, and a tmpfs keeps that from timing the tests
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -16,7 +17,9 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from builder.fleet.store import Store, from_b64, to_b64
 from builder.run import Spawned, spawn
 
 NAMES = ("m0", "m1", "m2")
@@ -125,3 +128,24 @@ def etcd_cluster() -> Iterator[EtcdCluster]:
         finally:
             for m in cluster.members:
                 cluster.stop_member(m)
+
+
+def max_holders_in_etcd(store: Store, group: str) -> tuple[int, int]:
+    """Walk the group key back through every revision (etcd keeps them until a compaction):
+    the most holders any version had, and how many versions there were."""
+    key = store.group_key(group)
+    revision: int | None = None
+    most = versions = 0
+    while True:
+        body: dict[str, Any] = {"key": to_b64(key)}
+        if revision is not None:
+            body["revision"] = revision
+        kvs = store._call("/kv/range", body).get("kvs", [])
+        if not kvs:
+            return most, versions
+        kv = kvs[0]
+        versions += 1
+        most = max(most, len(json.loads(from_b64(kv["value"]))["holders"]))
+        if int(kv["mod_revision"]) <= int(kv["create_revision"]):
+            return most, versions
+        revision = int(kv["mod_revision"]) - 1

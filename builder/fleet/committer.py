@@ -27,7 +27,7 @@ MAX_BATCH = 60  # etcd allows 128 operations a transaction (--max-txn-ops); a re
 MAX_CONFLICTS = 50
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the queue removes this very request
 class Op:
     kind: str  # lock | unlock | drained | drain_failed | pause | resume | reap
     params: ClientParams | None = None
@@ -122,7 +122,15 @@ class GroupCommitter:
             return batch or [Op("reap")]
 
     def _run(self) -> None:
-        while batch := self._take():
+        while True:
+            try:
+                batch = self._take()
+            except Exception:  # never leave the requests of a group without a thread
+                logger.exception("group %s: unexpected error; going on", self.policy.name)
+                time.sleep(self.refresh)
+                continue
+            if not batch:
+                return
             try:
                 results = self._apply(batch)
             except Exception as e:  # a store that cannot be reached fails this batch only

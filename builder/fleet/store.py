@@ -34,11 +34,11 @@ class StoreError(HostbuildError):
     """No etcd member answered."""
 
 
-def _b64(text: str) -> str:
+def to_b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _unb64(text: str) -> bytes:
+def from_b64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
@@ -124,9 +124,9 @@ class Store:
         return f"{self.prefix}nodes/{group}/"
 
     def _range(self, key: str, prefix: bool = False) -> dict[str, Any]:
-        r: dict[str, Any] = {"key": _b64(key)}
+        r: dict[str, Any] = {"key": to_b64(key)}
         if prefix:
-            r["range_end"] = _b64(_end(key))
+            r["range_end"] = to_b64(_end(key))
         return {"request_range": r}
 
     # -- reads --------------------------------------------------------------------------------
@@ -135,12 +135,12 @@ class Store:
         group_kvs = responses[0]["response_range"].get("kvs", [])
         lease_kvs = responses[1]["response_range"].get("kvs", [])
         if group_kvs:
-            state = GroupState.from_json(_unb64(group_kvs[0].get("value", "")))
+            state = GroupState.from_json(from_b64(group_kvs[0].get("value", "")))
             revision = int(group_kvs[0]["mod_revision"])
         else:
             state, revision = GroupState(), 0
         cut = len(self.lease_prefix(group))
-        live = frozenset(_unb64(kv["key"]).decode()[cut:] for kv in lease_kvs)
+        live = frozenset(from_b64(kv["key"]).decode()[cut:] for kv in lease_kvs)
         return Snapshot(state, revision, live, time.monotonic())
 
     def snapshot(self, group: str) -> Snapshot:
@@ -156,7 +156,7 @@ class Store:
         )
         out = {}
         for kv in result.get("kvs", []):
-            record = json.loads(_unb64(kv.get("value", "")))
+            record = json.loads(from_b64(kv.get("value", "")))
             out[str(record.get("id"))] = record
         return out
 
@@ -165,7 +165,7 @@ class Store:
         start = f"{self.prefix}groups/"
         body = {**self._range(start, True)["request_range"], "keys_only": True}
         result = self._call("/kv/range", body)
-        return sorted(_unb64(kv["key"]).decode()[len(start) :] for kv in result.get("kvs", []))
+        return sorted(from_b64(kv["key"]).decode()[len(start) :] for kv in result.get("kvs", []))
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -190,7 +190,7 @@ class Store:
         key = self.group_key(group)
         compare: list[dict[str, Any]] = [
             {
-                "key": _b64(key),
+                "key": to_b64(key),
                 "target": "MOD",
                 "result": "EQUAL",
                 "mod_revision": snap.mod_revision,
@@ -199,33 +199,35 @@ class Store:
         for node_id in sorted(changes.must_have_lease):
             compare.append(
                 {
-                    "key": _b64(self.lease_prefix(group) + node_id),
+                    "key": to_b64(self.lease_prefix(group) + node_id),
                     "target": "VERSION",
                     "result": "GREATER",
                     "version": 0,
                 }
             )
         ops: list[dict[str, Any]] = [
-            {"request_put": {"key": _b64(key), "value": _b64(state.to_json().decode())}}
+            {"request_put": {"key": to_b64(key), "value": to_b64(state.to_json().decode())}}
         ]
         for node_id, lease_id in changes.lease_puts.items():
             ops.append(
                 {
                     "request_put": {
-                        "key": _b64(self.lease_prefix(group) + node_id),
-                        "value": _b64(node_id),
+                        "key": to_b64(self.lease_prefix(group) + node_id),
+                        "value": to_b64(node_id),
                         "lease": lease_id,
                     }
                 }
             )
         for node_id in changes.lease_deletes - set(changes.lease_puts):
-            ops.append({"request_delete_range": {"key": _b64(self.lease_prefix(group) + node_id)}})
+            ops.append(
+                {"request_delete_range": {"key": to_b64(self.lease_prefix(group) + node_id)}}
+            )
         for node_id, record in changes.reports.items():
             ops.append(
                 {
                     "request_put": {
-                        "key": _b64(self.node_prefix(group) + node_id),
-                        "value": _b64(json.dumps(record, sort_keys=True)),
+                        "key": to_b64(self.node_prefix(group) + node_id),
+                        "value": to_b64(json.dumps(record, sort_keys=True)),
                     }
                 }
             )

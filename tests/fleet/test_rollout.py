@@ -10,6 +10,7 @@ import pytest
 
 from builder.fleet.hooks import DrainError, NodeRef
 from builder.fleet.policy import parse_policy, single_group
+from tests.etcdcluster import max_holders_in_etcd
 from tests.fleet.conftest import Fleet, admin, fleetlock
 
 pytestmark = pytest.mark.fleet
@@ -64,6 +65,8 @@ def test_threads_and_replicas_never_exceed_the_slots(fleet: Fleet) -> None:
     assert sorted(done) == sorted(f"node-{i}" for i in range(nodes))
     assert 1 <= seen["clients"] <= slots
     assert 1 <= seen["etcd"] <= slots
+    most, versions = max_holders_in_etcd(store, "default")  # every version of the group key
+    assert 1 <= most <= slots and versions >= nodes
     final = store.snapshot("default")
     assert final.state.holders == {} and final.live == frozenset()
 
