@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,19 @@ def test_soak_between_grants_and_a_lost_holder() -> None:
     assert rules.reap(state, frozenset(), changes, 1100.0) == ["b"]
     assert state.holders == {} and state.paused and state.paused["node"] == "b"
     assert changes.reports["b"]["state"] == "lost"
+
+
+def test_outside_its_maintenance_window_a_group_grants_nothing() -> None:
+    window = {"days": ["Sat"], "start": "02:00", "durationMinutes": 60}
+    policy = parse_policy({"groups": {"g": {"windows": [window]}}}, "p").groups["g"]
+    saturday_0230 = datetime.datetime(2026, 11, 28, 2, 30, tzinfo=datetime.UTC).timestamp()
+    friday = saturday_0230 - 86400
+
+    def ask(now: float) -> rules.Granted | FleetLockError:
+        return rules.lock(rules.GroupState(), ClientParams("a", "g"), policy, rules.Changes(),
+                          now, lambda: 1, lambda p: None, drain=False)  # fmt: skip
+
+    refused = ask(friday)
+    assert isinstance(refused, FleetLockError) and refused.kind == "outside_window"
+    assert "the next opens at 2026-11-28T02:00:00+00:00" in refused.value
+    assert isinstance(ask(saturday_0230), rules.Granted)
