@@ -209,13 +209,13 @@ class GroupCommitter:
 
     def _one(self, op: Op, state: rules.GroupState, changes: rules.Changes, now: float) -> Any:
         p = op.params
+        lease = lambda: self.store.lease(self.policy.reboot_deadline)  # noqa: E731
         if op.kind == "lock" and p:
-            lease = lambda: self.store.lease(self.policy.reboot_deadline)  # noqa: E731
             return rules.lock(state, p, self.policy, changes, now, lease, self.gate, self.drain)
         if op.kind == "unlock" and p:
             return rules.unlock(state, p, self.policy, changes, now)
         if op.kind == "drained" and p:
-            return rules.mark_drained(state, p.id, changes, now)
+            return rules.mark_drained(state, p.id, self.policy, changes, now, lease)
         if op.kind == "drain_failed" and p:
             return rules.drain_failed(state, p.id, op.reason, changes, now)
         if op.kind == "pause":

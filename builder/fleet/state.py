@@ -217,12 +217,29 @@ def unlock(
     return Released(holder, failed)
 
 
-def mark_drained(state: GroupState, node_id: str, changes: Changes, now: float) -> bool:
+def mark_drained(
+    state: GroupState,
+    node_id: str,
+    policy: GroupPolicy,
+    changes: Changes,
+    now: float,
+    lease: Callable[[], int],
+) -> bool:
+    """The node may reboot now: its reboot deadline starts again (on a new lease), so the time
+    the drain took does not count against the reboot."""
     holder = state.holders.get(node_id)
     if holder is None:
         return False
-    holder["drained"] = True
+    if not holder.get("drained"):
+        lease_id = lease()
+        holder.update(drained=True, lease=lease_id, deadline=now + policy.reboot_deadline)
+        changes.lease_puts[node_id] = lease_id
+        changes.reports[node_id] = {**report_of(holder, node_id), "state": "rebooting", "at": now}
     return True
+
+
+def report_of(holder: dict[str, Any], node_id: str) -> dict[str, Any]:
+    return {"id": node_id, "node_name": holder.get("node_name"), "version": holder.get("version")}
 
 
 def drain_failed(

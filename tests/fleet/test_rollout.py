@@ -148,3 +148,20 @@ def test_a_failed_drain_refuses_the_reboot_and_frees_the_slot(fleet: Fleet) -> N
     assert fleetlock(s.port, "pre-reboot", "good-1") == (200, None)  # drained once only
     assert fleetlock(s.port, "steady-state", "good-1", version="2.0", health="healthy")[0] == 200
     assert drainer.calls[2:] == [("drain", "good-1"), ("uncordon", "good-1")]
+
+
+class SlowDrainer(FakeDrainer):
+    def drain(self, node: NodeRef) -> None:
+        super().drain(node)
+        time.sleep(2.0)
+
+
+def test_the_reboot_deadline_starts_once_the_node_is_drained(fleet: Fleet) -> None:
+    # drain 2 s + reboot 2 s: past a 3 s deadline counted from the grant, not from the drain
+    s = fleet.serve(single_group("default", 1, deadline=3), SlowDrainer())
+    assert fleetlock(s.port, "pre-reboot", "n1") == (200, None)
+    time.sleep(2.0)
+    assert fleetlock(s.port, "steady-state", "n1", version="2.0", health="healthy")[0] == 200
+    _, body = admin(s.port, "status")
+    assert body and body["groups"]["default"]["paused"] is None
+    assert body["groups"]["default"]["failures"] == []
