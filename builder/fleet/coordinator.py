@@ -85,22 +85,27 @@ class Coordinator:
         def gate(params: ClientParams) -> FleetLockError | None:
             if not group.after:
                 return None
-            target = self.policy.version or params.version
-            if target is None:
+            # the version rolled out: the policy's, else anything newer than the asking node
+            # runs (hostbuild nodes send their running version); Zincati sends none
+            target, running = self.policy.version, params.version
+            if target is None and running is None:
                 return FleetLockError(
                     409,
                     "waiting_for_group",
                     f"group {group.name!r} waits "
                     f"for {', '.join(group.after)} to be healthy on the new "
-                    "version, and neither the policy nor the request names "
-                    "it (client_params.version)",
+                    "version, and neither the policy nor the request says "
+                    "which (client_params.version)",
                 )
+            wanted = target or f"a version other than {running}"
             for name in group.after:
                 state, reports = self._dependency(name)
                 healthy = [
                     r
                     for r in reports.values()
-                    if r.get("health") == "healthy" and r.get("version") == target
+                    if r.get("health") == "healthy"
+                    and r.get("version") is not None
+                    and (r["version"] == target if target else r["version"] != running)
                 ]
                 why = None
                 if state.paused is not None:
@@ -109,7 +114,7 @@ class Coordinator:
                     why = f"group {name!r} is still rebooting {', '.join(sorted(state.holders))}"
                 elif len(healthy) < group.after_healthy:
                     why = (
-                        f"group {name!r} has {len(healthy)} node(s) healthy on {target}, "
+                        f"group {name!r} has {len(healthy)} node(s) healthy on {wanted}, "
                         f"{group.after_healthy} needed"
                     )
                 if why:

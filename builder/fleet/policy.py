@@ -1,7 +1,7 @@
 """The rollout policy: per group its slots, reboot deadline, soak, windows and canary order.
 
 ```yaml
-version: 2.1.0              # the version being rolled out (else: what pre-reboot says)
+version: 2.1.0              # the version rolled out (else: any the asking node does not run)
 groups:
   canary: {slots: 1, reboot_deadline: 30m}
   workers:

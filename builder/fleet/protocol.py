@@ -2,7 +2,8 @@
 
 A request is `POST /v1/pre-reboot` or `/v1/steady-state` with the header
 `fleet-lock-protocol: true` and `{"client_params": {"id": ..., "group": ...}}`; hostbuild nodes
-may add `version`, `health`, `failed_version` and `node_name`, which plain servers ignore.
+may add `version` (the one they run), `health`, `failed_version` and `node_name` (the
+hostname), which plain servers ignore.
 Success is 200 with an empty body; an error is `{"kind": ..., "value": ...}` (airlock's form).
 """
 
@@ -58,7 +59,7 @@ def _optional(params: dict[str, Any], key: str, pattern: re.Pattern[str]) -> str
 
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9._+~:-]{1,128}$")
-NODE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")  # a hostname
 
 
 def parse_params(protocol_header: str | None, body: bytes) -> ClientParams:

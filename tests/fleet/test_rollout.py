@@ -10,6 +10,8 @@ import pytest
 
 from builder.fleet.hooks import DrainError, NodeRef
 from builder.fleet.policy import parse_policy, single_group
+from builder.node.fleetlock import Client
+from builder.node.fleetlock import Params as NodeParams
 from tests.etcdcluster import max_holders_in_etcd
 from tests.fleet.conftest import Fleet, admin, fleetlock
 
@@ -165,3 +167,27 @@ def test_the_reboot_deadline_starts_once_the_node_is_drained(fleet: Fleet) -> No
     _, body = admin(s.port, "status")
     assert body and body["groups"]["default"]["paused"] is None
     assert body["groups"]["default"]["failures"] == []
+
+
+def test_hostbuild_nodes_client_and_a_canary_without_a_policy_version(fleet: Fleet) -> None:
+    """builder/node/fleetlock.py (what the nodes run) against the coordinator; without
+    `version` in the policy the canary must be healthy on a version the asking node does not
+    run (nodes send the version they run)."""
+    policy = parse_policy(
+        {"groups": {"canary": {}, "workers": {"slots": 2, "after": ["canary"]}}}, "p"
+    )
+    s = fleet.serve(policy)
+    client = Client(f"{s.url}/")
+    worker = NodeParams("a" * 32, "workers", "1.0", "healthy", None, "Worker-1")
+    canary = NodeParams("c" * 32, "canary", "1.0", "healthy", None, "canary-1")
+    answer = client.pre_reboot(worker)
+    assert (answer.ok, answer.status, answer.kind) == (False, 409, "waiting_for_group")
+    assert "0 node(s) healthy on a version other than 1.0" in answer.detail
+    assert client.pre_reboot(canary).ok
+    back = NodeParams(canary.id, "canary", "2.0", "healthy", None, "canary-1")
+    assert client.steady_state(back).ok
+    time.sleep(0.3)
+    assert client.pre_reboot(worker).ok
+    _, body = admin(s.port, "status")
+    assert body and body["groups"]["canary"]["versions"] == {"2.0": 1}
+    assert body["groups"]["workers"]["holders"][worker.id]["node_name"] == "Worker-1"
