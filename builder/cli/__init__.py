@@ -19,6 +19,7 @@ from builder.build.doctor import check_host, install_hint
 from builder.build.image import BuildOptions, build_image, image_name, plan_build
 from builder.build.manifest import read_manifest
 from builder.build.toolstree import ensure_tools_tree
+from builder.cli.fleet import fleet
 from builder.cli.repo import repo
 from builder.errors import HostbuildError
 from builder.log import current_log_file, log_file, setup_logging
@@ -332,6 +333,7 @@ def doctor(state: State) -> None:
 
 cli.add_command(publish)
 cli.add_command(repo)
+cli.add_command(fleet)
 
 
 @cli.group()

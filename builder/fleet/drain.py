@@ -50,7 +50,7 @@ class Pending:
 
 @dataclass
 class Drainer:
-    """The coordinator's drain hook (`builder.fleet.hooks.DrainHook`) for one cluster. It keeps
+    """The coordinator's drain hook (`builder.fleet.hooks.Drainer`) for one cluster. It keeps
     no state between calls, so one Drainer may drain several nodes from several threads."""
 
     api: KubeApi
