@@ -132,6 +132,27 @@ def fleet() -> None:
     help="Client certificate for etcd.",
 )
 @click.option("--etcd-key", type=click.Path(dir_okay=False, path_type=Path), help="Its key.")
+@click.option(
+    "--drain/--no-drain",
+    default=False,
+    show_default=True,
+    help="Cordon and evict a node (Kubernetes Eviction API) before granting its reboot; a "
+    "drain that does not finish refuses the lock.",
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The cluster to drain in (default: in-cluster credentials, else KUBECONFIG or "
+    "~/.kube/config).",
+)
+@click.option("--kube-context", help="The kubeconfig context (default: its current one).")
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Seconds a whole drain may take (keep it under the reboot deadline).",
+)
 def serve(
     etcd_urls: str,
     etcd_prefix: str,
@@ -149,6 +170,10 @@ def serve(
     etcd_ca: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
+    drain: bool,
+    kubeconfig: Path | None,
+    kube_context: str | None,
+    drain_timeout: float,
 ) -> None:
     """Serve FleetLock (POST /v1/pre-reboot, /v1/steady-state) with the state in etcd."""
     if (tls_cert is None) != (tls_key is None):
@@ -162,7 +187,16 @@ def serve(
     store = Store(
         [u.strip() for u in etcd_urls.split(",") if u.strip()], etcd_tls, prefix=etcd_prefix
     )
-    coordinator = Coordinator(store, policy, wait=wait)
+    if (kubeconfig or kube_context) and not drain:
+        raise click.UsageError("--kubeconfig and --kube-context need --drain")
+    drainer = None
+    if drain:
+        # here: the kubernetes client takes a second to import, and only a draining server needs it
+        from builder.fleet.drain import DrainTimeouts, load_drainer
+
+        timeouts = DrainTimeouts(total=drain_timeout, per_pod=min(300.0, drain_timeout))
+        drainer = load_drainer(kubeconfig, kube_context, timeouts)
+    coordinator = Coordinator(store, policy, drainer, wait=wait)
     server = FleetHttpServer(listen, coordinator, tls=tls, admin_token=token)
     stop = threading.Event()
 
