@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -80,7 +81,7 @@ def load_api(
             path = os.fspath(kubeconfig) if kubeconfig is not None else None
             config.load_kube_config(path, context, client_configuration=configuration)  # type: ignore[no-untyped-call]
         return KubeApi(client.ApiClient(configuration), timeout)
-    except (ConfigException, OSError, ValueError) as error:
+    except (ConfigException, OSError, ValueError, yaml.YAMLError) as error:
         where = f"kubeconfig {os.fspath(kubeconfig)!r}" if kubeconfig else "the Kubernetes config"
         raise KubeError(
             f"cannot load {where}: {error}",
