@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.fleet.drainid import app_specific_id
 from builder.fleet.hooks import DrainError, NodeRef
 from builder.fleet.kube import Eviction, KubeApi, KubeError, Node, Pod, load_api
+from builder.node.fleetlock import app_specific_id
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import ssl
 import urllib.parse
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 # Zincati's application ID (src/identity/mod.rs): both hand a lock server the same node ID
 APP_ID = bytes.fromhex("de35106b6ec24688b63afddaa156679b")
+_ID128 = re.compile(r"[0-9a-f]{32}")
 PRE_REBOOT = "v1/pre-reboot"
 STEADY_STATE = "v1/steady-state"
 CONNECT_TIMEOUT = 30.0
@@ -37,13 +39,23 @@ MAX_ERROR_BODY = 64 << 10  # what is read of a refusal's body, at most
 USER_AGENT = "hostbuild-node"
 
 
+def parse_id128(value: str, what: str) -> bytes:
+    """The 16 bytes of a systemd id128 written as 32 hex digits (dashes and case are ignored)."""
+    text = value.strip().replace("-", "").lower()
+    if not _ID128.fullmatch(text):
+        raise ValueError(
+            f"{what} {value.strip()!r} is not an id128: 32 hex digits are allowed"
+            " (dashes and case do not matter)"
+        )
+    return bytes.fromhex(text)
+
+
 def app_specific_id(machine_id: str, app_id: bytes = APP_ID) -> str:
     """sd_id128_get_machine_app_specific(): HMAC-SHA256 keyed by the machine ID over the app ID,
-    its first 16 bytes made a version-4 UUID, as 32 lowercase hex digits."""
-    key = bytes.fromhex(machine_id.strip())
-    if len(key) != 16:
-        raise ValueError(f"a machine ID is 32 hex digits, got {machine_id.strip()!r}")
-    digest = bytearray(hmac.new(key, app_id, hashlib.sha256).digest()[:16])
+    its first 16 bytes made a version-4 UUID (RFC 4122 variant), as 32 lowercase hex digits.
+    The one implementation: the coordinator's drain finds a Kubernetes Node by it too."""
+    key = parse_id128(machine_id, "machine id")
+    digest = bytearray(hmac.digest(key, app_id, hashlib.sha256)[:16])
     digest[6] = (digest[6] & 0x0F) | 0x40
     digest[8] = (digest[8] & 0x3F) | 0x80
     return digest.hex()

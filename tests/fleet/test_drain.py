@@ -8,8 +8,6 @@ budget that gives way "during" the drain or a drain that runs out of time is det
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,10 +20,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from builder.fleet.drain import Drainer, DrainTimeouts, load_drainer
-from builder.fleet.drainid import FLEETLOCK_APP_ID, app_specific_id
 from builder.fleet.hooks import DrainError, NodeRef
 from builder.fleet.kube import CORDON_ANNOTATION, Eviction, KubeApi, KubeError, load_api
-from builder.run import run
+from builder.node.fleetlock import app_specific_id
 from tests.standin.kubeapi import StandinServer, serve
 from tests.standin.kubecluster import Cluster
 
@@ -98,45 +95,6 @@ def pods_on(cluster: Cluster, node: str) -> list[str]:
         for (ns, name), pod in cluster.pods.items()
         if pod["spec"]["nodeName"] == node
     )
-
-
-def systemd_app_id(machine_id_file: Path | None = None) -> str:
-    """What systemd-id128 prints for FleetLock's app id, for /etc/machine-id or, in a private
-    mount namespace, for `machine_id_file` bound over it."""
-    argv = ["systemd-id128", "machine-id", f"--app-specific={FLEETLOCK_APP_ID}"]
-    if machine_id_file is not None:
-        bind = f"mount --bind {machine_id_file} /etc/machine-id && exec {' '.join(argv)}"
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind]
-    return run(argv).stdout.strip()
-
-
-SYSTEMD_ID128 = shutil.which("systemd-id128")
-MACHINE_ID = Path("/etc/machine-id")
-
-
-@pytest.mark.skipif(SYSTEMD_ID128 is None, reason="systemd-id128 is not installed")
-@pytest.mark.skipif(not MACHINE_ID.is_file(), reason="this host has no /etc/machine-id")
-def test_app_specific_id_is_systemds_for_this_host() -> None:
-    assert app_specific_id(MACHINE_ID.read_text()) == systemd_app_id()
-
-
-@pytest.mark.skipif(SYSTEMD_ID128 is None, reason="systemd-id128 is not installed")
-@pytest.mark.skipif(os.geteuid() != 0, reason="binding over /etc/machine-id needs root")
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is not installed")
-def test_app_specific_id_is_systemds_for_other_machine_ids(tmp_path: Path) -> None:
-    for machine_id in [uuid.uuid4().hex for _ in range(3)] + ["0" * 31 + "1", "f" * 32]:
-        (tmp_path / "machine-id").write_text(machine_id + "\n")
-        assert app_specific_id(machine_id) == systemd_app_id(tmp_path / "machine-id"), machine_id
-
-
-def test_app_specific_id_is_a_uuid_v4_and_takes_id128_spellings() -> None:
-    machine_id = uuid.uuid4()
-    fleetlock_id = uuid.UUID(app_specific_id(machine_id.hex))
-    assert (fleetlock_id.version, fleetlock_id.variant) == (4, uuid.RFC_4122)
-    assert app_specific_id(str(machine_id).upper() + "\n") == fleetlock_id.hex
-    assert app_specific_id(machine_id.hex, app_id=uuid.uuid4().hex) != fleetlock_id.hex
-    with pytest.raises(ValueError, match=r"machine id 'node-a' is not an id128: 32 hexadecimal"):
-        app_specific_id("node-a")
 
 
 def test_node_found_by_app_specific_id(api: KubeApi, clock: FakeClock) -> None:

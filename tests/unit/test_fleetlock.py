@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,12 +33,43 @@ def test_the_node_id_is_systemds_app_specific_machine_id() -> None:
         app_specific_id("")
 
 
+def systemd_app_id(machine_id_file: Path | None = None) -> str:
+    """What systemd-id128 prints for FleetLock's app ID, for /etc/machine-id or, in a private
+    mount namespace, for `machine_id_file` bound over it."""
+    argv = ["systemd-id128", "machine-id", f"--app-specific={APP_ID.hex()}"]
+    if machine_id_file is not None:
+        bind = f"mount --bind {machine_id_file} /etc/machine-id && exec {' '.join(argv)}"
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind]
+    return run(argv).strip()
+
+
+SYSTEMD_ID128 = shutil.which("systemd-id128")
+MACHINE_ID = Path("/etc/machine-id")
+
+
+@pytest.mark.skipif(SYSTEMD_ID128 is None, reason="systemd-id128 is not installed")
+@pytest.mark.skipif(not MACHINE_ID.is_file(), reason="this host has no /etc/machine-id")
 def test_the_node_id_matches_systemd_id128_on_this_host() -> None:
-    tool, machine_id = shutil.which("systemd-id128"), Path("/etc/machine-id")
-    if tool is None or not machine_id.exists() or len(machine_id.read_text().strip()) != 32:
-        pytest.skip("needs systemd-id128 and a machine ID on this host")
-    out = run([tool, "machine-id", f"--app-specific={APP_ID.hex()}"]).strip()
-    assert app_specific_id(machine_id.read_text()) == out
+    assert app_specific_id(MACHINE_ID.read_text()) == systemd_app_id()
+
+
+@pytest.mark.skipif(SYSTEMD_ID128 is None, reason="systemd-id128 is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="binding over /etc/machine-id needs root")
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is not installed")
+def test_the_node_id_matches_systemd_id128_for_other_machine_ids(tmp_path: Path) -> None:
+    for machine_id in [uuid.uuid4().hex for _ in range(3)] + ["0" * 31 + "1", "f" * 32]:
+        (tmp_path / "machine-id").write_text(machine_id + "\n")
+        assert app_specific_id(machine_id) == systemd_app_id(tmp_path / "machine-id"), machine_id
+
+
+def test_the_node_id_is_a_uuid_v4_and_takes_id128_spellings() -> None:
+    machine_id = uuid.uuid4()
+    fleetlock_id = uuid.UUID(app_specific_id(machine_id.hex))
+    assert (fleetlock_id.version, fleetlock_id.variant) == (4, uuid.RFC_4122)
+    assert app_specific_id(str(machine_id).upper() + "\n") == fleetlock_id.hex
+    assert app_specific_id(machine_id.hex, app_id=uuid.uuid4().bytes) != fleetlock_id.hex
+    with pytest.raises(ValueError, match=r"machine id 'node-a' is not an id128: 32 hex digits"):
+        app_specific_id("node-a")
 
 
 def test_pre_reboot_is_the_request_zincati_sends(server: LockServer) -> None:
