@@ -16,18 +16,15 @@ import asyncio
 import json
 import math
 import os
-import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from builder.fleet.store import Store
-from builder.run import spawn
-from tests.etcdcluster import EtcdCluster, etcd_cluster, free_port, max_holders_in_etcd
+from tests.etcdcluster import EtcdCluster, etcd_cluster, max_holders_in_etcd
+from tests.fleetserve import fleet_serve
 
-REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -97,50 +94,14 @@ def run_one(
     etcd: EtcdCluster, nodes: int, k: int, cycle: float, wait: float, log: Path
 ) -> dict[str, Any]:
     prefix = f"/hostbuild-bench/{k}-{time.time_ns()}/"
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "builder",
-        "fleet",
-        "serve",
-        "--etcd",
-        ",".join(etcd.urls),
-        "--etcd-prefix",
-        prefix,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--slots",
-        str(k),
-        "--wait",
-        str(wait),
-        "--reboot-deadline",
-        "10m",
-    ]
-    env = {**os.environ, "PYTHONPATH": os.fspath(REPO)}
-    proc = spawn(argv, output=log, env=env, cwd=REPO)
-    try:
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"hostbuild fleet serve stopped: {log.read_text()}"
-                    ) from None
-                time.sleep(0.1)
+    options = ["--slots", str(k), "--wait", str(wait), "--reboot-deadline", "10m"]
+    with fleet_serve(etcd.urls, prefix, options, log) as (port, proc):
         fleet = Nodes(port, cycle)
         cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
         took = asyncio.run(fleet.run(nodes))
         cpu = cpu_seconds(proc.pid) - cpu0
         wall = time.monotonic() - wall0
         rss = peak_rss_mib(proc.pid)
-    finally:
-        proc.terminate()
-        if proc.wait(10) is None:
-            proc.kill()
-            proc.wait(10)
     store = Store(etcd.urls, prefix=prefix)
     etcd_most, versions = max_holders_in_etcd(store, "default")
     ideal = math.ceil(nodes / k) * cycle

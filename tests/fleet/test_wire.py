@@ -9,8 +9,6 @@ import json
 import os
 import socket
 import ssl
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +21,9 @@ from cryptography.x509.oid import NameOID
 from builder.fleet.coordinator import Coordinator
 from builder.fleet.policy import single_group
 from builder.fleet.server import FleetHttpServer, Tls, start_server
-from builder.run import spawn
-from tests.conftest import REPO, Cli
-from tests.etcdcluster import free_port
+from tests.conftest import Cli
 from tests.fleet.conftest import TOKEN, Fleet, admin, call, fleetlock
+from tests.fleetserve import fleet_serve
 
 pytestmark = pytest.mark.fleet
 
@@ -66,44 +63,9 @@ def served_cli(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """`hostbuild fleet serve` as a process: one group 'workers' with one slot."""
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
-    port = free_port()
-    argv: list[str] = [
-        sys.executable,
-        "-m",
-        "builder",
-        "fleet",
-        "serve",
-        "--etcd",
-        ",".join(fleet.etcd.urls),
-        "--etcd-prefix",
-        fleet.prefix,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--group",
-        "workers",
-        "--slots",
-        "1",
-        "--admin-token-file",
-        os.fspath(token),
-    ]
-    env = {**os.environ, "PYTHONPATH": os.fspath(REPO)}
-    proc = spawn(argv, output=tmp_path / "serve.log", env=env, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-                assert time.monotonic() < deadline, "hostbuild fleet serve did not listen"
-                time.sleep(0.1)
+    options = ["--group", "workers", "--slots", "1", "--admin-token-file", os.fspath(token)]
+    with fleet_serve(fleet.etcd.urls, fleet.prefix, options, tmp_path / "serve.log") as (port, _):
         yield port, token
-    finally:
-        proc.terminate()
-        if proc.wait(10) is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_zincati_byte_for_byte(served_cli: tuple[int, Path]) -> None:
