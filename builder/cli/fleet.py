@@ -180,6 +180,8 @@ def serve(
         raise click.UsageError("--tls-cert and --tls-key go together")
     if client_ca is not None and tls_cert is None:
         raise click.UsageError("--client-ca needs --tls-cert and --tls-key")
+    if (kubeconfig or kube_context) and not drain:
+        raise click.UsageError("--kubeconfig and --kube-context need --drain")
     policy = load_policy(config) if config else single_group(group, slots, reboot_deadline)
     tls = Tls(tls_cert, tls_key, client_ca, match_client_id) if tls_cert and tls_key else None
     token = read_token(admin_token_file) if admin_token_file else None
@@ -187,8 +189,6 @@ def serve(
     store = Store(
         [u.strip() for u in etcd_urls.split(",") if u.strip()], etcd_tls, prefix=etcd_prefix
     )
-    if (kubeconfig or kube_context) and not drain:
-        raise click.UsageError("--kubeconfig and --kube-context need --drain")
     drainer = None
     if drain:
         # here: the kubernetes client takes a second to import, and only a draining server needs it

@@ -82,11 +82,16 @@ def load_api(
             config.load_kube_config(path, context, client_configuration=configuration)  # type: ignore[no-untyped-call]
         return KubeApi(client.ApiClient(configuration), timeout)
     except (ConfigException, OSError, ValueError, yaml.YAMLError) as error:
-        where = f"kubeconfig {os.fspath(kubeconfig)!r}" if kubeconfig else "the Kubernetes config"
-        raise KubeError(
-            f"cannot load {where}: {error}",
-            hint="pass --kubeconfig FILE, set KUBECONFIG, or run in a pod with a service account",
-        ) from None
+        if kubeconfig is None:
+            where = "the Kubernetes config"
+            hint = "pass --kubeconfig FILE, set KUBECONFIG, or run in a pod with a service account"
+        else:
+            where = f"kubeconfig {os.fspath(kubeconfig)!r}"
+            hint = (
+                "--kubeconfig must name a readable kubeconfig: YAML with clusters, users and"
+                " contexts (as `kubectl config view --raw` prints it), --kube-context one of them"
+            )
+        raise KubeError(f"cannot load {where}: {error}", hint=hint) from None
 
 
 class KubeApi:

@@ -41,3 +41,52 @@ def test_an_empty_admin_token_file_is_refused(run_cli: Cli, tmp_path: Path) -> N
     result = run_cli("fleet", "serve", *argv)
     assert result.exit_code == 1
     assert f"Error: the admin token file {str(token)!r} is empty" in result.output
+
+
+def kubeconfig(path: Path) -> Path:
+    """A kubeconfig with one context, "standin" (nothing listens at its server)."""
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: standin\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: standin, context: {cluster: c, user: u}}]\n"
+    )
+    return path
+
+
+def test_kubeconfig_and_kube_context_need_drain(run_cli: Cli, tmp_path: Path) -> None:
+    config = kubeconfig(tmp_path / "kubeconfig")
+    for option in (["--kubeconfig", str(config)], ["--kube-context", "standin"]):
+        result = run_cli("fleet", "serve", *ETCD, "--listen", "127.0.0.1:0", *option)
+        assert result.exit_code == 2, result.output
+        assert "Error: --kubeconfig and --kube-context need --drain" in result.output
+
+
+def test_a_kubeconfig_that_is_not_yaml_says_what_to_pass(run_cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "kubeconfig"
+    config.write_text("clusters: [{name: c\n")
+    argv = [*ETCD, "--listen", "127.0.0.1:0", "--drain", "--kubeconfig", str(config)]
+    result = run_cli("fleet", "serve", *argv)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: cannot load kubeconfig {str(config)!r}: ")
+    assert "(--kubeconfig must name a readable kubeconfig: YAML with clusters" in result.output
+
+
+def test_an_unknown_kube_context_is_refused(run_cli: Cli, tmp_path: Path) -> None:
+    config = kubeconfig(tmp_path / "kubeconfig")
+    argv = [*ETCD, "--listen", "127.0.0.1:0", "--drain", "--kubeconfig", str(config)]
+    result = run_cli("fleet", "serve", *argv, "--kube-context", "elsewhere")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: cannot load kubeconfig {str(config)!r}: ")
+    assert "Expected object with name elsewhere in" in result.output
+
+
+def test_a_missing_kubeconfig_and_a_short_drain_timeout_are_usage_errors(
+    run_cli: Cli, tmp_path: Path
+) -> None:
+    argv = [*ETCD, "--listen", "127.0.0.1:0", "--drain"]
+    result = run_cli("fleet", "serve", *argv, "--kubeconfig", str(tmp_path / "nowhere"))
+    assert result.exit_code == 2 and "does not exist" in result.output
+    config = kubeconfig(tmp_path / "kubeconfig")
+    result = run_cli("fleet", "serve", *argv, "--kubeconfig", str(config), "--drain-timeout", "0")
+    assert result.exit_code == 2 and "--drain-timeout" in result.output
