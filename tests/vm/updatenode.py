@@ -16,19 +16,22 @@ from typing import Any
 import yaml
 
 from builder.build.toolstree import ToolsTree
-from builder.vm.qemu import VmConfig, boot_vm
+from builder.vm.qemu import GuestForward, VmConfig, boot_vm
 from tests.vm.image import BuiltImage, Node, SshKey, ssh_config
 from tests.vm.updaterepo import GUEST_URL, serving
 
 BOOT_TIMEOUT = 400.0
 
 
-def nodeconfig(key: SshKey, channel: str = "stable") -> bytes:
+def nodeconfig(
+    key: SshKey, channel: str = "stable", updates: dict[str, Any] | None = None
+) -> bytes:
+    """A NodeConfig: root's SSH key, updates from `channel` (plus the `updates` keys given)."""
     config = {
         "apiVersion": "hostbuild.dev/v1alpha1", "kind": "NodeConfig",
         "spec": {
             "admin": {"sshAuthorizedKeys": [key.public.strip()]},
-            "updates": {"repository": GUEST_URL, "channel": channel},
+            "updates": {"repository": GUEST_URL, "channel": channel, **(updates or {})},
         },
     }  # fmt: skip
     return yaml.safe_dump(config).encode()
@@ -44,15 +47,20 @@ def node_on(
     served: Path,
     channel: str = "stable",
     requests: list[tuple[str, str | None]] | None = None,
+    updates: dict[str, Any] | None = None,
+    forwards: tuple[GuestForward, ...] = (),
+    cpus: int | None = None,
 ) -> Iterator[Node]:
     """Boot `disk` (a qcow2 over the image, kept between boots) with a NodeConfig that takes
-    updates from `channel` of the repository copy `served`; its requests go to `requests`."""
+    updates from `channel` of the repository copy `served`; its requests go to `requests`.
+    `updates` adds NodeConfig keys, `forwards` more host services, `cpus` overrides the
+    machine's."""
     work.mkdir(parents=True)
     with serving(served, requests) as forward:
-        credentials = {"hostbuild.nodeconfig": nodeconfig(key, channel)}
+        credentials = {"hostbuild.nodeconfig": nodeconfig(key, channel, updates)}
         config = VmConfig(image=image.raw, credentials=credentials,
-                          serial_log=work / "serial.log", disk=disk,
-                          guest_forwards=(forward,))  # fmt: skip
+                          serial_log=work / "serial.log", disk=disk, cpus=cpus,
+                          guest_forwards=(forward, *forwards))  # fmt: skip
         with boot_vm(config, tools, work) as vm:
             vm.wait_for_ssh(BOOT_TIMEOUT)
             node = Node(vm, ssh_config(work / "ssh_config", vm.ssh_port, key))

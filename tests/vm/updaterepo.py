@@ -43,11 +43,12 @@ class UpdateRepo:
         assert result.exit_code == 0, result.output
         return result.output
 
-    def add(self, output: Path, channel: str = "stable") -> None:
-        """`repo add` a build's output, then publish the repository to what the server serves."""
+    def add(self, output: Path, channel: str = "stable", to: Path | None = None) -> None:
+        """`repo add` a build's output, then publish the repository to what the server serves
+        (or to `to`)."""
         self.hostbuild("add", os.fspath(self.path), "--keys", os.fspath(self.keys),
                        "--image", os.fspath(output), "--channel", channel)  # fmt: skip
-        self.hostbuild("publish", os.fspath(self.path), "--to", os.fspath(self.served))
+        self.hostbuild("publish", os.fspath(self.path), "--to", os.fspath(to or self.served))
 
 
 def make_repo(work: Path) -> UpdateRepo:
