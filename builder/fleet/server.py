@@ -6,11 +6,14 @@ over MAX_BODY, unknown paths and unexpected errors included, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
+import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +30,25 @@ logger = logging.getLogger(__name__)
 
 ADMIN = "/v1/admin/"
 IO_TIMEOUT = 30.0  # seconds a client may take to send its request
+LINGER = (1.0, 1 << 20)  # after refusing a body unread: seconds and bytes of it drained
+
+
+def linger(sock: socket.socket) -> None:
+    """Close after an answer whose request body was not read, the way HTTP servers do
+    ("lingering close"): stop writing, then read and drop what the client still sends for a
+    moment. Closing with unread bytes makes the kernel reset the connection, and a client
+    still sending its body would get a broken pipe instead of the answer."""
+    seconds, most = LINGER
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + seconds
+        drained = 0
+        while drained < most and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            data = sock.recv(65536)
+            if not data:
+                return
+            drained += len(data)
 
 
 @dataclass(frozen=True)
@@ -63,6 +85,7 @@ class Handler(BaseHTTPRequestHandler):
     server: FleetHttpServer
     protocol_version = "HTTP/1.1"
     timeout = IO_TIMEOUT
+    unread = False  # this request's body was refused without being read
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
@@ -78,19 +101,29 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, e: FleetLockError) -> None:
         self._send(e.status, e.body())
 
+    def _refuse_unread(self) -> None:
+        """The body is refused without being read: the connection closes after the answer."""
+        self.close_connection = True
+        self.unread = True
+
+    def finish(self) -> None:
+        super().finish()
+        if self.unread:
+            linger(self.connection)
+
     def _body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
+            self._refuse_unread()
             raise FleetLockError(
                 411, "invalid_request", "send a Content-Length, not a chunked body"
             )
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
-            self.close_connection = True
+            self._refuse_unread()
             raise FleetLockError(400, "invalid_request", "Content-Length is not a number") from None
         if length < 0 or length > MAX_BODY:
-            self.close_connection = True  # the rest of the body is never read
+            self._refuse_unread()
             raise FleetLockError(
                 413, "request_too_large", f"the body is {length} bytes; at most {MAX_BODY}"
             )
