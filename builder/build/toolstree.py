@@ -42,11 +42,23 @@ PACKAGES: dict[str, str] = {
     "e2fsprogs": "/usr/sbin/mkfs.ext4",
     "zstd": "/usr/bin/zstd",
     "openssh-client": "/usr/bin/ssh",
+    # Secure Boot signing and TPM2 measured boot (issue 16): sbsign for systemd-boot,
+    # systemd-measure (package systemd) for ukify's signed PCR 11 predictions, with the TSS
+    # libraries it loads at run time, and a software TPM for the QEMU harness
+    "sbsigntool": "/usr/bin/sbsign",
+    "systemd": "/usr/lib/systemd/systemd-measure",
+    "libtss2-esys-3.0.2-0t64": "/usr/lib/x86_64-linux-gnu/libtss2-esys.so.0",
+    "libtss2-mu-4.0.1-0t64": "/usr/lib/x86_64-linux-gnu/libtss2-mu.so.0",
+    "libtss2-rc0t64": "/usr/lib/x86_64-linux-gnu/libtss2-rc.so.0",
+    "swtpm": "/usr/bin/swtpm",
+    "swtpm-tools": "/usr/bin/swtpm_setup",
 }
 
 # Data files inside the tree, as absolute paths in the tree (see ToolsTree.path for host paths).
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+# Secure Boot capable firmware (needs q35 with SMM); its empty variable store is OVMF_VARS
+OVMF_CODE_SECBOOT = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
 SYSTEMD_BOOT_EFI = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 
 # Tree paths a bind must not hide: the sandbox's own filesystems.
