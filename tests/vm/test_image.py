@@ -1,6 +1,7 @@
 """Boot the stand-in worker image under QEMU and check it with testinfra over SSH.
 
-One VM is shared by the read-only checks; the reboot checks run last on the same VM.
+The tests with VMs of their own run first; then one VM is shared by the read-only checks, and
+the reboot and boot-counting checks run last on the same VM.
 """
 
 from __future__ import annotations
@@ -41,6 +42,40 @@ def node(
     work = tmp_path_factory.mktemp("vm")
     with booted(image.raw, tools_tree, work, key) as vm:
         yield Node(vm, ssh_config(work / "ssh_config", vm.ssh_port, key))
+
+
+# Own VMs first, so the shared VM is not left idling beside them
+
+
+def test_no_ssh_without_a_key(image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path) -> None:
+    with booted(image.raw, tools_tree, tmp_path, key=None) as vm:
+        vm.wait_for_serial(r"hostbuild-health: healthy", 300)
+        time.sleep(5)
+        with pytest.raises(Exception):  # noqa: B017 -- any failure to get a banner is the point
+            vm.wait_for_ssh(5)
+
+
+@pytest.mark.destructive
+def test_tampered_root_is_never_run(
+    image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path
+) -> None:
+    """Flipped bytes in slot A: dm-verity refuses the block and the node never comes up."""
+    copy = tampered_copy(image, tmp_path)
+    config = VmConfig(image=copy, want_reboot=False, serial_log=tmp_path / "serial.log")
+    with boot_vm(config, tools_tree, tmp_path / "vm") as vm:
+        vm.wait_for_serial(r"verity.*(corrupt|mismatch)|Kernel panic", 300)
+        end = time.monotonic() + 120
+        while vm.exit_code() is None and time.monotonic() < end:
+            time.sleep(2)
+        text = vm.serial_text()
+    assert "hostbuild-health:" not in text and "login:" not in text
+
+
+def test_smoke_mode_powers_off_with_a_verdict(
+    image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path
+) -> None:
+    result = run_smoke(image.raw, tools_tree, tmp_path)
+    assert result.verdicts == ["PASS"], result.serial_log
 
 
 def test_boot_completes_and_the_entry_is_blessed(node: Node, image: BuiltImage) -> None:
@@ -176,20 +211,16 @@ def test_reboot_keeps_machine_id_and_journal(node: Node) -> None:
     assert len(boots) >= 2
 
 
-def test_no_ssh_without_a_key(image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path) -> None:
-    with booted(image.raw, tools_tree, tmp_path, key=None) as vm:
-        vm.wait_for_serial(r"hostbuild-health: healthy", 300)
-        time.sleep(5)
-        with pytest.raises(Exception):  # noqa: B017 -- any failure to get a banner is the point
-            vm.wait_for_ssh(5)
+COUNTING = "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
 
 def reboot_into_newer_entry(node: Node, uki: Path, name: str) -> Callable[[], list[str]]:
-    """Install `uki` as the boot entry `name` with one try, once this boot is blessed; reboot.
+    """Install `uki` as the boot entry `name` with one try, once this boot is blessed (or did
+    not count: its entry was blessed before); reboot.
 
     Returns what lists the ESP's entries of that version (e.g. ["9.9.9-1+0-1"]) after the reboot.
     """
-    node.wait_for("systemctl is-active systemd-bless-boot.service")
+    node.wait_for(f"test ! -e {COUNTING} || systemctl is-active systemd-bless-boot.service")
     linux = node.sh("bootctl --print-esp-path").strip() + "/EFI/Linux"
     run(["scp", "-F", node.config, "-q", uki, f"vm:{linux}/{name}+1.efi"])
     node.sh("sync")
@@ -202,32 +233,32 @@ def reboot_into_newer_entry(node: Node, uki: Path, name: str) -> Callable[[], li
     ]
 
 
-@pytest.mark.destructive
+# The two fallbacks run on the shared VM, after its reboot (each leaves a bad entry behind,
+# which no later boot of that VM picks)
+
+
 def test_boot_counting_falls_back_when_the_health_gate_fails(
-    image: BuiltImage, key: SshKey, tools_tree: ToolsTree, tmp_path: Path
+    node: Node, image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path
 ) -> None:
     """A newer UKI (+1 try) whose boot fails the health gate: the previous entry boots again."""
     cmdline = image.manifest["kernel"]["cmdline"]
     # containerd never starts, so the gate fails at its (shortened) deadline and reboots
     bad_cmdline = f"{cmdline} systemd.mask=containerd.service hostbuild.health_deadline=20"
     bad = build_uki_variant(image, tools_tree, tmp_path, "9.9.9-1", bad_cmdline)
-    with booted(image.raw, tools_tree, tmp_path / "vm", key) as vm:
-        node = Node(vm, ssh_config(tmp_path / "ssh_config", vm.ssh_port, key))
-        entries = reboot_into_newer_entry(node, bad, f"{image.manifest['profile']}_9.9.9-1")
-        vm.wait_for_serial(r"hostbuild-health: checking \(deadline 20 s\)", 300)
-        vm.wait_for_serial(r"hostbuild-health: UNHEALTHY: containerd", 300)
-        time.sleep(10)
-        vm.wait_for_ssh(400)
-        # the previous entry was blessed on the first boot: it boots without counting
-        node.wait_for("systemctl is-active multi-user.target")
-        assert entries() == ["9.9.9-1+0-1"]  # tried once, no tries left: bad
-        assert "systemd.mask=containerd.service" not in node.sh("cat /proc/cmdline")
-        assert node.host.service("containerd").is_running
+    entries = reboot_into_newer_entry(node, bad, f"{image.manifest['profile']}_9.9.9-1")
+    node.vm.wait_for_serial(r"hostbuild-health: checking \(deadline 20 s\)", 300)
+    node.vm.wait_for_serial(r"hostbuild-health: UNHEALTHY: containerd", 300)
+    time.sleep(10)
+    node.vm.wait_for_ssh(400)
+    # the previous entry was blessed on the first boot: it boots without counting
+    node.wait_for("systemctl is-active multi-user.target")
+    assert entries() == ["9.9.9-1+0-1"]  # tried once, no tries left: bad
+    assert "systemd.mask=containerd.service" not in node.sh("cat /proc/cmdline")
+    assert node.host.service("containerd").is_running
 
 
-@pytest.mark.destructive
 def test_a_failing_initrd_reboots_and_falls_back(
-    image: BuiltImage, key: SshKey, tools_tree: ToolsTree, tmp_path: Path
+    node: Node, image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path
 ) -> None:
     """A newer UKI whose root partition never appears: a reboot (no shell), the old entry."""
     cmdline = image.manifest["kernel"]["cmdline"]
@@ -237,35 +268,10 @@ def test_a_failing_initrd_reboots_and_falls_back(
     bad_cmdline = re.sub(r"roothash=\S+", f"roothash={bogus}", cmdline)
     bad = build_uki_variant(image, tools_tree, tmp_path, "9.9.9-2",
                             f"{bad_cmdline} rd.systemd.default_device_timeout_sec=10")  # fmt: skip
-    with booted(image.raw, tools_tree, tmp_path / "vm", key) as vm:
-        node = Node(vm, ssh_config(tmp_path / "ssh_config", vm.ssh_port, key))
-        entries = reboot_into_newer_entry(node, bad, f"{image.manifest['profile']}_9.9.9-2")
-        vm.wait_for_serial(r"hostbuild: the initrd failed", 300)
-        time.sleep(10)
-        vm.wait_for_ssh(400)
-        node.wait_for("systemctl is-active multi-user.target")
-        assert entries() == ["9.9.9-2+0-1"]  # tried once, no tries left: bad
-        assert bogus not in node.sh("cat /proc/cmdline")
-
-
-@pytest.mark.destructive
-def test_tampered_root_is_never_run(
-    image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path
-) -> None:
-    """Flipped bytes in slot A: dm-verity refuses the block and the node never comes up."""
-    copy = tampered_copy(image, tmp_path)
-    config = VmConfig(image=copy, want_reboot=False, serial_log=tmp_path / "serial.log")
-    with boot_vm(config, tools_tree, tmp_path / "vm") as vm:
-        vm.wait_for_serial(r"verity.*(corrupt|mismatch)|Kernel panic", 300)
-        end = time.monotonic() + 120
-        while vm.exit_code() is None and time.monotonic() < end:
-            time.sleep(2)
-        text = vm.serial_text()
-    assert "hostbuild-health:" not in text and "login:" not in text
-
-
-def test_smoke_mode_powers_off_with_a_verdict(
-    image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path
-) -> None:
-    result = run_smoke(image.raw, tools_tree, tmp_path)
-    assert result.verdicts == ["PASS"], result.serial_log
+    entries = reboot_into_newer_entry(node, bad, f"{image.manifest['profile']}_9.9.9-2")
+    node.vm.wait_for_serial(r"hostbuild: the initrd failed", 300)
+    time.sleep(10)
+    node.vm.wait_for_ssh(400)
+    node.wait_for("systemctl is-active multi-user.target")
+    assert entries() == ["9.9.9-2+0-1"]  # tried once, no tries left: bad
+    assert bogus not in node.sh("cat /proc/cmdline")

@@ -19,7 +19,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from builder.update.keys import KeyStore
 from tests.vm.image import BuiltImage, Node, SshKey
 from tests.vm.updatenode import entries, node_on, reboot, running, update_json
 from tests.vm.updaterepo import UpdateRepo
-from tests.vm.versions import MARKER, TestVersion, derive_version
+from tests.vm.versions import MARKER, DerivedVersion, derive_version
 
 pytestmark = pytest.mark.vm
 
@@ -52,8 +52,9 @@ class Faults:
     repo: UpdateRepo
     work: Path
     requests: list[tuple[str, str | None]] = field(default_factory=list)
-    new: TestVersion | None = None
+    new: DerivedVersion | None = None
     boots: int = 0
+    kept: tuple[ExitStack, Node] | None = None
 
     @property
     def disk(self) -> Path:
@@ -80,7 +81,7 @@ class Faults:
                             os.fspath(self.repo.keys))  # fmt: skip
         self.publish()
 
-    def offer_new(self) -> TestVersion:
+    def offer_new(self) -> DerivedVersion:
         """NEW (from the running version on) on the channel, published."""
         if self.new is None:
             v1 = self.image.manifest["version"]
@@ -91,11 +92,27 @@ class Faults:
         return self.new
 
     @contextmanager
-    def boot(self) -> Iterator[Node]:
-        self.boots += 1
-        with node_on(self.image, self.tools, self.work / f"boot{self.boots}", self.disk, self.key,
-                     self.served, CHANNEL, self.requests) as node:  # fmt: skip
+    def boot(self, keep: bool = False) -> Iterator[Node]:
+        """The node: the one a `boot(keep=True)` left running, else the disk booted anew. With
+        `keep` it stays up after the block (if the block did not fail) for the next `boot`."""
+        if self.kept is None:
+            self.boots += 1
+            stack = ExitStack()
+            node = stack.enter_context(node_on(
+                self.image, self.tools, self.work / f"boot{self.boots}", self.disk, self.key,
+                self.served, CHANNEL, self.requests,
+            ))  # fmt: skip
+        else:
+            (stack, node), self.kept = self.kept, None
+        with stack:
             yield node
+            if keep:
+                self.kept = (stack.pop_all(), node)
+
+    def close(self) -> None:
+        if self.kept is not None:
+            self.kept[0].close()
+            self.kept = None
 
     def sign_timestamp(self, signer: CryptoSigner | None = None, expired: bool = False) -> None:
         """Serve the next timestamp version, signed by `signer` (else the timestamp key)."""
@@ -118,7 +135,7 @@ class Faults:
 def faults(
     image: BuiltImage, tools_tree: ToolsTree, key: SshKey, update_repo: UpdateRepo,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Faults:  # fmt: skip
+) -> Iterator[Faults]:  # fmt: skip
     """The channel holds an older version and the running one; NEW comes with offer_new."""
     f = Faults(image, tools_tree, key, update_repo, tmp_path_factory.mktemp("faults"))
     f.served.mkdir()
@@ -126,7 +143,8 @@ def faults(
     f.add(old.output)
     f.add(image.output)
     f.publish()
-    return f
+    yield f
+    f.close()
 
 
 def status(node: Node) -> dict[str, Any]:
@@ -175,7 +193,8 @@ def test_bad_repository_states_are_refused_and_the_other_slot_is_untouched(
     faults: Faults,
 ) -> None:
     v1 = faults.image.manifest["version"]
-    with faults.boot() as node:
+    # the node stays up for the power cuts' first apply: this test leaves it as it found it
+    with faults.boot(keep=True) as node:
         node.wait_for("systemctl is-active systemd-bless-boot.service")
         other = other_slot(node)
         before = slot_digest(node, other)

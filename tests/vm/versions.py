@@ -29,7 +29,7 @@ MARKER = "/usr/lib/hostbuild/test-version"
 
 
 @dataclass(frozen=True)
-class TestVersion:
+class DerivedVersion:
     output: Path
     manifest: dict[str, Any]
 
@@ -50,7 +50,7 @@ def derive_version(
     image: BuiltImage, tools: ToolsTree, work: Path, version: str, *,
     upgrade_from: str | None = None, extra_files: dict[str, tuple[str, int]] | None = None,
     extra_cmdline: tuple[str, ...] = (),
-) -> TestVersion:  # fmt: skip
+) -> DerivedVersion:  # fmt: skip
     """Version `version` of `image`: its tree with the new os-release, MARKER and extra files
     (path: (content, mode)), its command line with `extra_cmdline` appended."""
     image_id = image.manifest["profile"]
@@ -95,4 +95,4 @@ def derive_version(
         "test_version": "derived from " + image.manifest["name"] + " by tests/vm/versions.py",
     }  # fmt: skip
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return TestVersion(output, manifest)
+    return DerivedVersion(output, manifest)
