@@ -176,3 +176,8 @@ def max_holders_in_etcd(store: Store, group: str) -> tuple[int, int]:
         if int(kv["mod_revision"]) <= int(kv["create_revision"]):
             return most, versions
         revision = int(kv["mod_revision"]) - 1
+
+
+def etcd_revision(store: Store) -> int:
+    """etcd's current revision (a read's header; reads do not move it)."""
+    return int(store._call("/kv/range", {"key": to_b64(store.prefix)})["header"]["revision"])
