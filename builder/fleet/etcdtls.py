@@ -48,7 +48,8 @@ def check(tls: EtcdTls, urls: Sequence[str]) -> None:
     if tls and plain:
         raise EtcdTlsError(
             f"etcd endpoint {plain[0]} is plain http, so {CA}/{CERT}/{KEY} would not be used",
-            hint="give the endpoints as https://HOST:PORT (etcd's --advertise-client-urls)",
+            hint="give the endpoints as https://HOST:PORT, as etcd's --advertise-client-urls has "
+            "them",
         )
 
 

@@ -111,8 +111,8 @@ class Store:
             raise StoreError(tls_problem.message, hint=tls_problem.hint)
         raise StoreError(
             f"no etcd member answered ({'; '.join(failed)})",
-            hint="check the --etcd endpoints (http:// or https:// as in etcd's "
-            "--advertise-client-urls) and that a quorum is up",
+            hint="check the --etcd endpoints, http:// or https:// as etcd's "
+            "--advertise-client-urls has them, and that a quorum is up",
         )
 
     def txn(self, body: dict[str, Any]) -> Any:
