@@ -1,7 +1,9 @@
 """A three-member etcd cluster on 127.0.0.1 for the fleet tests and benchmark (apt: etcd-server).
 
 Each member gets free loopback ports and a data directory (under /dev/shm when there is one:
-etcd syncs its log on every commit, and a tmpfs keeps that from timing the tests).
+etcd syncs its log on every commit, and a tmpfs keeps that from timing the tests). With a PKI
+the members serve their clients over https only and require a client certificate signed by its
+CA (--client-cert-auth); the peers talk plain http on loopback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 import time
 import urllib.request
@@ -21,6 +24,7 @@ from typing import Any
 
 from builder.fleet.store import Store, from_b64, to_b64
 from builder.run import Spawned, spawn
+from tests.standin.kubetls import Pki, PkiFiles
 
 NAMES = ("m0", "m1", "m2")
 
@@ -45,11 +49,12 @@ class Member:
     peer_port: int
     data: Path
     log: Path
+    scheme: str = "http"
     proc: Spawned | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -60,6 +65,7 @@ class Member:
 class EtcdCluster:
     root: Path
     members: list[Member] = field(default_factory=list)
+    tls: PkiFiles | None = None
 
     @property
     def urls(self) -> list[str]:
@@ -79,9 +85,25 @@ class EtcdCluster:
                 "--initial-cluster-token", f"hostbuild-{os.getpid()}",
                 "--heartbeat-interval", "50", "--election-timeout", "500",
                 "--max-txn-ops", "1024", "--logger", "zap", "--log-level", "warn",
+                *self._client_tls(),
             ],
             output=member.log,
         )  # fmt: skip
+
+    def _client_tls(self) -> list[str | Path]:
+        if self.tls is None:
+            return []
+        return [
+            "--cert-file", self.tls.server_cert, "--key-file", self.tls.server_key,
+            "--trusted-ca-file", self.tls.ca, "--client-cert-auth",
+        ]  # fmt: skip
+
+    def _health_context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=self.tls.ca)
+        context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
+        return context
 
     def stop_member(self, member: Member) -> None:
         if member.proc is not None:
@@ -94,12 +116,15 @@ class EtcdCluster:
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until every running member answers /health with a leader."""
         deadline = time.monotonic() + timeout
+        context = self._health_context()
         for m in self.members:
             if m.proc is None:
                 continue
             while True:
                 try:
-                    with urllib.request.urlopen(f"{m.client_url}/health", timeout=2) as r:
+                    with urllib.request.urlopen(
+                        f"{m.client_url}/health", timeout=2, context=context
+                    ) as r:
                         if b'"true"' in r.read():
                             break
                 except OSError:
@@ -110,15 +135,17 @@ class EtcdCluster:
 
 
 @contextlib.contextmanager
-def etcd_cluster() -> Iterator[EtcdCluster]:
-    """Start three members, wait for a leader, yield the cluster; always stop every member."""
+def etcd_cluster(pki: Pki | None = None) -> Iterator[EtcdCluster]:
+    """Start three members (serving https with `pki`), wait for a leader, yield the cluster;
+    always stop every member."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="hostbuild-etcd-", dir=base) as tmp:
         root = Path(tmp)
-        cluster = EtcdCluster(root)
+        cluster = EtcdCluster(root, tls=pki.write(root / "pki") if pki else None)
+        scheme = "https" if pki else "http"
         for name in NAMES:
             cluster.members.append(
-                Member(name, free_port(), free_port(), root / name, root / f"{name}.log")
+                Member(name, free_port(), free_port(), root / name, root / f"{name}.log", scheme)
             )
         try:
             for m in cluster.members:
@@ -149,3 +176,8 @@ def max_holders_in_etcd(store: Store, group: str) -> tuple[int, int]:
         if int(kv["mod_revision"]) <= int(kv["create_revision"]):
             return most, versions
         revision = int(kv["mod_revision"]) - 1
+
+
+def etcd_revision(store: Store) -> int:
+    """etcd's current revision (a read's header; reads do not move it)."""
+    return int(store._call("/kv/range", {"key": to_b64(store.prefix)})["header"]["revision"])

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +21,8 @@ from etcd3gw import exceptions as etcd_errors
 
 from builder.errors import HostbuildError
 
+from . import etcdtls
+from .etcdtls import EtcdTls
 from .state import Changes, GroupState, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -46,11 +47,7 @@ def _end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
-@dataclass(frozen=True)
-class EtcdTls:
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
+__all__ = ["PREFIX", "EtcdTls", "Store", "StoreError"]
 
 
 class Store:
@@ -59,30 +56,32 @@ class Store:
     def __init__(
         self,
         urls: Sequence[str],
-        tls: EtcdTls = EtcdTls(),
+        tls: EtcdTls | None = None,
         timeout: float = 5.0,
         prefix: str = PREFIX,
     ) -> None:
         if not urls:
             raise StoreError("no etcd endpoint given", hint="pass --etcd URL[,URL...]")
         self.prefix = prefix
-        self.clients = []
+        self.tls = tls or EtcdTls()
+        hosts = []
         for url in urls:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise StoreError(f"etcd endpoint {url!r} is not an http(s)://HOST:PORT URL")
-            self.clients.append(
-                etcd3gw.client(
-                    host=parts.hostname,
-                    port=parts.port or 2379,
-                    protocol=parts.scheme,
-                    ca_cert=tls.ca,
-                    cert_cert=tls.cert,
-                    cert_key=tls.key,
-                    timeout=timeout,
-                    api_path="/v3/",
-                )
+            hosts.append((parts.scheme, parts.hostname, parts.port or 2379))
+        etcdtls.check(self.tls, urls)
+        self.clients = [
+            etcd3gw.client(
+                host=host,
+                port=port,
+                protocol=scheme,
+                timeout=timeout,
+                api_path="/v3/",
+                session=etcdtls.session(self.tls),
             )
+            for scheme, host, port in hosts
+        ]
         self._current = 0
         self._leases: dict[int, tuple[int, float]] = {}
         self._lock = threading.Lock()
@@ -90,23 +89,30 @@ class Store:
     # -- transport ---------------------------------------------------------------------------
 
     def _call(self, path: str, body: dict[str, Any]) -> Any:
-        last: Exception | None = None
+        failed: list[str] = []
+        tls_problem: etcdtls.Problem | None = None
         for _ in range(len(self.clients)):
             index = self._current
             client = self.clients[index]
             try:
                 return client.post(client.get_url(path), data=json.dumps(body))
             except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError) as e:
-                last = e
                 with self._lock:
                     if self._current == index:
                         self._current = (index + 1) % len(self.clients)
-                logger.warning("etcd %s: %s; trying the next member", client.base_url, e)
+                problem = etcdtls.diagnose(e, client.base_url, self.tls)
+                tls_problem = tls_problem or problem
+                why = problem.message if problem else etcdtls.reason(e.detail_text or repr(e))
+                failed.append(why if problem else f"etcd {client.base_url}: {why}")
+                logger.warning("%s; trying the next member", failed[-1])
             except etcd_errors.Etcd3Exception as e:
                 raise StoreError(f"etcd refused {path}: {e.detail_text or e}") from None
+        if tls_problem is not None:
+            raise StoreError(tls_problem.message, hint=tls_problem.hint)
         raise StoreError(
-            f"no etcd member answered ({last})",
-            hint="check the --etcd endpoints and that a quorum is up",
+            f"no etcd member answered ({'; '.join(failed)})",
+            hint="check the --etcd endpoints, http:// or https:// as etcd's "
+            "--advertise-client-urls has them, and that a quorum is up",
         )
 
     def txn(self, body: dict[str, Any]) -> Any:

@@ -126,6 +126,7 @@ class Updates:
     check_interval: int | None = None  # seconds; None: CHECK_INTERVAL
     check_jitter: int | None = None  # seconds; None: CHECK_JITTER (at most the interval)
     bandwidth_limit: int | None = None  # bytes per second; None: unlimited
+    wave_seed: int | None = None  # 0..2047; None: drawn once and kept on /var
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from .model import (
     Updates,
     Window,
 )
+from .waves import SEEDS
 from .yamlsafe import YamlError, load_yaml
 
 API_GROUP = "hostbuild.dev"
@@ -412,7 +413,7 @@ def _ssh_blob_ok(kind: str, blob: str) -> bool:
 
 UPDATES_KEYS = (
     "repository", "channel", "fleetLock", "maintenanceWindows", "checkInterval", "checkJitter",
-    "bandwidthLimit",
+    "bandwidthLimit", "waveSeed",
 )  # fmt: skip
 
 
@@ -433,7 +434,17 @@ def _updates(c: Checker, value: Any, path: str) -> Updates:
         maintenance_windows=c.items(m.get("maintenanceWindows", []), p("maintenanceWindows"),
                                     lambda v, q: _window(c, v, q)),
         check_interval=interval, check_jitter=jitter, bandwidth_limit=bandwidth,
+        wave_seed=_wave_seed(c, m["waveSeed"], p("waveSeed")) if "waveSeed" in m else None,
     )  # fmt: skip
+
+
+def _wave_seed(c: Checker, value: Any, path: str) -> int | None:
+    """This node's place in waves, pinned instead of drawn (as Bottlerocket's updates.seed)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SEEDS:
+        return value
+    c.add(path, f"must be an integer 0..{SEEDS - 1} (this node's place in a version's waves; "
+          f"leave it out to draw one), got {describe(value)}")  # fmt: skip
+    return None
 
 
 def _fleet_lock(c: Checker, value: Any, path: str) -> FleetLock:

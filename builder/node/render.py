@@ -269,9 +269,10 @@ def _updates(config: NodeConfig) -> dict[str, Any]:
             {"days": list(w.days), "start": w.start, "durationMinutes": w.duration_minutes}
             for w in u.maintenance_windows
         ]
-    # seconds and bytes per second; the updater applies the defaults of what is not given
+    # seconds, bytes per second, the seed; the updater applies the defaults of what is not given
     for key, number in (("checkInterval", u.check_interval), ("checkJitter", u.check_jitter),
-                        ("bandwidthLimit", u.bandwidth_limit)):  # fmt: skip
+                        ("bandwidthLimit", u.bandwidth_limit),
+                        ("waveSeed", u.wave_seed)):  # fmt: skip
         if number is not None:
             result[key] = number
     return result

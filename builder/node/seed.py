@@ -1,8 +1,10 @@
-"""This node's wave seed: a number in 0..2047 drawn once at random and kept on /var.
+"""This node's wave seed: a number in 0..2047 drawn once at random and kept on /var, unless the
+NodeConfig pins one (`updates.waveSeed`, as Bottlerocket's `settings.updates.seed`).
 
 The seed places the node in a version's waves (builder/node/waves.py). It survives updates and
 reboots (it lives on /var, not in a slot), so a node keeps its place in every rollout; a file
-that cannot be read or holds anything but a seed in range is replaced by a new draw, logged.
+that cannot be read or holds anything but a seed in range is replaced by a new draw, logged. A
+pinned seed leaves the kept one alone: without the pin the node goes back to its own draw.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .updatestate import UpdateError, write_atomic
 from .waves import SEEDS
@@ -18,6 +21,32 @@ from .waves import SEEDS
 logger = logging.getLogger(__name__)
 
 SEED_FILE = Path("var/lib/hostbuild/update/seed")  # below the node's root
+PINNED, DRAWN = "nodeconfig", "drawn"  # where a node's seed comes from
+
+
+def pinned_seed(value: Any) -> int | None:
+    """updates.json's `waveSeed` (checked when the NodeConfig was rendered): the seed, or None
+    when there is none or it is no seed in range (a hand-edited file; logged)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SEEDS:
+        return value
+    logger.warning("waveSeed %r in updates.json is not a seed in 0..%d: ignored", value, SEEDS - 1)
+    return None
+
+
+def node_seed(path: Path, pinned: int | None) -> int:
+    """The pinned seed, else the one kept in `path` (drawn first if need be: see load_seed)."""
+    return pinned if pinned is not None else load_seed(path)
+
+
+def seed_status(path: Path, pinned: int | None) -> tuple[int | None, str | None]:
+    """The seed and where it comes from (PINNED or DRAWN); (None, None) before the first draw.
+    Changes nothing."""
+    if pinned is not None:
+        return pinned, PINNED
+    kept = read_seed(path)
+    return kept, (DRAWN if kept is not None else None)
 
 
 def read_seed(path: Path) -> int | None:

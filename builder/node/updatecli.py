@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rebootlock, tick, updater
+from .seed import PINNED
 from .updatestate import UpdateError
 
 logger = logging.getLogger(__name__)
@@ -166,8 +167,13 @@ def _status_text(report: dict[str, Any]) -> str:
             for version, f in sorted(failed.items())
         ]
     seed = report.get("seed")
-    lines.append(f"seed:       {seed} (of 0..2047: this node's place in waves)" if seed is not None
-                 else "seed:       none yet (the next check draws it)")  # fmt: skip
+    if seed is None:
+        lines.append("seed:       none yet (the next check draws it)")
+    elif report.get("seed_source") == PINNED:
+        lines.append(f"seed:       {seed} (of 0..2047: this node's place in waves, pinned by "
+                     "the NodeConfig's updates.waveSeed)")  # fmt: skip
+    else:
+        lines.append(f"seed:       {seed} (of 0..2047: this node's place in waves)")
     return "\n".join(lines)
 
 

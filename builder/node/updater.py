@@ -42,7 +42,7 @@ from .model import (
     MIN_BANDWIDTH,
     MIN_CHECK_INTERVAL,
 )
-from .seed import SEED_FILE, load_seed, read_seed
+from .seed import SEED_FILE, node_seed, pinned_seed, seed_status
 from .updatestate import (
     BootEntry,
     State,
@@ -107,6 +107,7 @@ class Config:
     interval: int = CHECK_INTERVAL  # seconds between checks of the timer's tick
     jitter: int = CHECK_JITTER  # at most this much later, drawn per node and check
     fleet_lock: rebootlock.LockConfig | None = None  # reboot only holding its lock
+    wave_seed: int | None = None  # pinned by the NodeConfig; None: the node's own, on /var
 
 
 @dataclass
@@ -144,7 +145,7 @@ def read_config(node: Node) -> Config:
         tuple(w for w in windows if isinstance(w, dict)),
         max(bandwidth, MIN_BANDWIDTH) if isinstance(bandwidth, int) and bandwidth > 0 else None,
         interval, _seconds(data.get("checkJitter"), min(CHECK_JITTER, interval), 0, interval),
-        rebootlock.lock_config(data.get("fleetLock"), node.root),
+        rebootlock.lock_config(data.get("fleetLock"), node.root), pinned_seed(data.get("waveSeed")),
     )  # fmt: skip
 
 
@@ -265,7 +266,7 @@ def _check(ctx: Context) -> tuple[Repository, Manifest, Decision, Config]:
         except ChannelError as e:
             raise UpdateError("rejected", f"channel {config.channel!r}: {e}") from None
         running = Running(ctx.image_id, ctx.version, kubelet_minor(ctx, manifest))
-        seed = load_seed(ctx.node.root / SEED_FILE)
+        seed = node_seed(ctx.node.root / SEED_FILE, config.wave_seed)
         decision = choose(manifest, running, set(state.failures()), seed=seed, now=ctx.node.clock())
     except UpdateError as e:
         state.last_check = {"time": now(), "result": "error", "kind": e.kind, "detail": str(e)}
@@ -523,13 +524,21 @@ def reboot(node: Node, ignore_window: bool = False, backoff: bool = False) -> di
         return {"rebooting": True, "version": version, "reason": f"rebooting into {version}"}
 
 
+def _pinned(node: Node) -> int | None:
+    try:
+        return read_config(node).wave_seed
+    except UpdateError:  # not configured, or unreadable: `check` says so
+        return None
+
+
 def status(node: Node) -> dict[str, Any]:
     """What runs, what the other slot holds, what is staged or failed; changes nothing."""
     ctx = start(node, save=False)
     state = ctx.state
+    seed, source = seed_status(node.root / SEED_FILE, _pinned(node))
     report: dict[str, Any] = {
         "image_id": ctx.image_id, "running": ctx.version,
-        "seed": read_seed(node.root / SEED_FILE),
+        "seed": seed, "seed_source": source,
         "entries": sorted(e.name for e in ctx.entries.values()),
         **{k: v for k, v in state.to_json().items() if k != "format"}, "events": ctx.events,
     }  # fmt: skip

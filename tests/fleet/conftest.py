@@ -17,7 +17,7 @@ from builder.fleet.coordinator import Coordinator
 from builder.fleet.hooks import Drainer
 from builder.fleet.policy import FleetPolicy, single_group
 from builder.fleet.server import FleetHttpServer, start_server
-from builder.fleet.store import Store
+from builder.fleet.store import EtcdTls, Store
 from tests.etcdcluster import EtcdCluster, etcd_cluster, etcd_missing
 
 TOKEN = "s3cret-admin-token"
@@ -64,9 +64,10 @@ class Fleet:
     etcd: EtcdCluster
     prefix: str = field(default_factory=lambda: f"/hostbuild-test/{uuid.uuid4().hex}/")
     served: list[Served] = field(default_factory=list)
+    tls: EtcdTls = EtcdTls()
 
     def store(self) -> Store:
-        return Store(self.etcd.urls, timeout=3.0, prefix=self.prefix)
+        return Store(self.etcd.urls, self.tls, timeout=3.0, prefix=self.prefix)
 
     def serve(
         self,

@@ -1,5 +1,6 @@
-"""TEST STAND-IN PKI for `kubeapi`: a throwaway CA, the server's certificate for 127.0.0.1 and a
-client certificate, as a cluster's kubeconfig carries them (PEM, base64 in the kubeconfig)."""
+"""TEST STAND-IN PKI for `kubeapi` and the TLS etcd cluster: a throwaway CA, the server's
+certificate for 127.0.0.1 and a client certificate, as a cluster's kubeconfig carries them (PEM,
+base64 in the kubeconfig) or etcd's --trusted-ca-file/--cert-file/--key-file read them."""
 
 from __future__ import annotations
 
@@ -25,10 +26,31 @@ class Pem:
 
 
 @dataclass(frozen=True)
+class PkiFiles:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+@dataclass(frozen=True)
 class Pki:
     ca: bytes  # the CA's certificate
     server: Pem
     client: Pem
+
+    def write(self, directory: Path) -> PkiFiles:
+        """The PEM files, one per certificate and key (keys readable by the owner only)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        files = PkiFiles(*(directory / n for n in ("ca.crt", "server.crt", "server.key",
+                                                   "client.crt", "client.key")))  # fmt: skip
+        contents = [self.ca, self.server.cert, self.server.key, self.client.cert, self.client.key]
+        for path, data in zip(vars(files).values(), contents, strict=True):
+            path.write_bytes(data)
+            if path.suffix == ".key":
+                path.chmod(0o600)
+        return files
 
     def server_context(self, directory: Path) -> ssl.SSLContext:
         """TLS for the server; a client certificate is asked for, not required (tokens too)."""
@@ -74,16 +96,22 @@ def _issue(
     if usage is ExtendedKeyUsageOID.SERVER_AUTH:
         address = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
         builder = builder.add_extension(x509.SubjectAlternativeName([address]), critical=False)
-    if usage is not None:
+    if usage is ExtendedKeyUsageOID.SERVER_AUTH:
+        # etcd's JSON gateway presents the server certificate to its own gRPC server, which
+        # with --client-cert-auth checks it as a client certificate
+        usages = [usage, ExtendedKeyUsageOID.CLIENT_AUTH]
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    elif usage is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
 @functools.cache
-def make_pki() -> Pki:
-    """One PKI per test process (EC P-256: milliseconds)."""
+def make_pki(name: str = "kube") -> Pki:
+    """One PKI per name and test process (EC P-256: milliseconds); PKIs of different names
+    trust none of each other's certificates."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _issue("hostbuild TEST STAND-IN kube CA", ca_key, None, None)
+    ca = _issue(f"hostbuild TEST STAND-IN {name} CA", ca_key, None, None)
     pems = []
     for subject, usage in [
         ("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH),

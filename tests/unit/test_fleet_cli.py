@@ -90,3 +90,26 @@ def test_a_missing_kubeconfig_and_a_short_drain_timeout_are_usage_errors(
     config = kubeconfig(tmp_path / "kubeconfig")
     result = run_cli("fleet", "serve", *argv, "--kubeconfig", str(config), "--drain-timeout", "0")
     assert result.exit_code == 2 and "--drain-timeout" in result.output
+
+
+def test_etcd_tls_options_are_checked_before_serving(run_cli: Cli, tmp_path: Path) -> None:
+    token, pem = tmp_path / "token", tmp_path / "client.pem"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    serve = ["fleet", "serve", "--listen", "127.0.0.1:0", "--admin-token-file", str(token)]
+    result = run_cli(*serve, "--etcd", "https://127.0.0.1:1", "--etcd-cert", str(pem))
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: --etcd-cert was given without --etcd-key: a client certificate needs its key\n"
+        "(pass both --etcd-cert and --etcd-key, or neither)\n"
+    )
+    result = run_cli(*serve, *ETCD, "--etcd-ca", str(pem))
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "Error: etcd endpoint http://127.0.0.1:1 is plain http, so --etcd-ca/--etcd-cert/"
+        "--etcd-key would not be used\n"
+    )
+    result = run_cli(*serve, "--etcd", "https://127.0.0.1:1", "--etcd-ca", str(tmp_path / "no"))
+    assert result.exit_code == 1 and f"--etcd-ca {tmp_path}/no: no such readable file" in (
+        result.output
+    )

@@ -213,3 +213,25 @@ def test_urls_are_ascii() -> None:
         "in ASCII (a host in punycode, 'xn--...'; a path %-encoded), got "
         f"{mirror['url']!r}"
     ]
+
+
+@pytest.mark.parametrize("seed", [0, 1234, 2047])
+def test_a_wave_seed_pins_the_nodes_place(seed: int) -> None:
+    spec = {"updates": {"repository": "https://updates.example.com", "waveSeed": seed}}
+    config = parse({"apiVersion": "hostbuild.dev/v1alpha1", "kind": "NodeConfig", "spec": spec})
+    assert config.updates.wave_seed == seed
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [(-1, "-1 (an integer)"), (True, "True (a boolean)"), ("12", "'12' (a string)"),
+     (3.5, "3.5 (a number)")],
+)  # fmt: skip
+def test_a_wave_seed_is_an_integer_in_range(value: object, got: str) -> None:
+    spec = {"updates": {"repository": "https://updates.example.com", "waveSeed": value}}
+    with pytest.raises(InvalidConfig) as caught:
+        parse({"apiVersion": "hostbuild.dev/v1alpha1", "kind": "NodeConfig", "spec": spec})
+    assert [str(i) for i in caught.value.issues] == [
+        "spec.updates.waveSeed: must be an integer 0..2047 (this node's place in a version's "
+        f"waves; leave it out to draw one), got {got}"
+    ]

@@ -201,3 +201,16 @@ def test_the_fleet_lock_ca_and_client_certificate_are_rendered_for_the_updater()
         "certificate": "/run/hostbuild/fleetlock/client.crt",
         "key": "/run/hostbuild/fleetlock/client.key",
     }  # fmt: skip
+
+
+def test_a_pinned_wave_seed_is_rendered_for_the_updater() -> None:
+    def updates_json(updates: dict[str, object]) -> dict[str, object]:
+        spec = {"updates": {"repository": "https://updates.example.com", **updates}}
+        document = {"apiVersion": "hostbuild.dev/v1alpha1", "kind": "NodeConfig", "spec": spec}
+        outputs = render_outputs(parse_text(yaml.safe_dump(document)), BASE_KUBELET, Platform())
+        data = yaml.safe_load(outputs["updates.json"].content)
+        assert isinstance(data, dict)
+        return data
+
+    assert updates_json({"waveSeed": 0})["waveSeed"] == 0  # 0 is a seed, not "none"
+    assert "waveSeed" not in updates_json({})

@@ -60,3 +60,47 @@ def test_a_node_without_a_seed_draws_one_and_reports_it(setup: Setup) -> None:
     kept = int((node.root / SEED_FILE).read_text())
     assert 0 <= kept < 2048
     assert report["seed"] == kept == updater.status(node)["seed"]
+
+
+def pin(setup: Setup, **seed: int) -> None:
+    """updates.json as rendered, with `waveSeed` if given."""
+    updates = setup.fake.root / "run/hostbuild/updates.json"
+    data = {k: v for k, v in json.loads(updates.read_text()).items() if k != "waveSeed"}
+    updates.write_text(json.dumps({**data, **seed}))
+
+
+def test_a_seed_pinned_by_the_nodeconfig_places_the_node_and_leaves_its_own_alone(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup.publish(make_image("0.1.0-3"), entries={"0.1.0-3": {"waves": WAVES}})
+    node = setup.fake.node
+    seed = node.root / SEED_FILE
+    seed.parent.mkdir(parents=True, exist_ok=True)
+    seed.write_text("1500\n")  # its own draw: wave 2, not started yet
+    pin(setup, waveSeed=42)  # wave 1, started
+    node.clock = lambda: T0 + datetime.timedelta(hours=1)
+    status = updater.status(node)
+    assert (status["seed"], status["seed_source"]) == (42, "nodeconfig")
+    assert updatecli.main(["status"], node) == 0
+    assert ("seed:       42 (of 0..2047: this node's place in waves, pinned by the NodeConfig's "
+            "updates.waveSeed)") in capsys.readouterr().out  # fmt: skip
+    report = updater.check(node)
+    assert (report["chosen"], report["seed"]) == ("0.1.0-3", 42)
+    assert seed.read_text() == "1500\n"
+    pin(setup)  # the pin removed: back to its own seed
+    status = updater.status(node)
+    assert (status["seed"], status["seed_source"]) == (1500, "drawn")
+    assert updater.check(node)["chosen"] is None
+
+
+def test_a_pinned_seed_draws_none_and_a_bad_one_is_ignored(setup: Setup) -> None:
+    setup.publish(make_image("0.1.0-3"))
+    node = setup.fake.node
+    pin(setup, waveSeed=7)
+    assert updater.check(node)["seed"] == 7
+    assert not (node.root / SEED_FILE).exists()
+    pin(setup, waveSeed=2048)  # a hand-edited updates.json
+    assert updater.read_config(node).wave_seed is None
+    assert updater.status(node)["seed_source"] is None  # nothing drawn yet
+    assert 0 <= updater.check(node)["seed"] < 2048
+    assert updater.status(node)["seed_source"] == "drawn"
