@@ -42,6 +42,7 @@ from builder.build.toolstree import ensure_tools_tree
 from builder.build.trust import ROOT_PATH, load_update_root, root_digest
 from builder.disk.assemble import assemble_image, source_date_epoch, write_json
 from builder.errors import HostbuildError
+from builder.keys.secureboot import Signer, SigningKeys, fingerprints, prepare_signer
 from builder.log import step
 from builder.profile.components import debian_pins, upstream_artifacts
 from builder.profile.model import Profile, dump_profile
@@ -60,6 +61,7 @@ class BuildOptions:
     artifact_mirror: str | None = None
     lock: Path | None = None  # default: next to the profile
     update_root: Path | None = None  # the update repository's root.json the image trusts
+    signing: SigningKeys = SigningKeys()  # private keys of a secure_boot profile
 
 
 @dataclass(frozen=True)
@@ -106,15 +108,24 @@ def image_name(profile: Profile, build: int | None = None) -> str:
 HOSTBUILD_SOURCES = (ELEMENTS_DIR, Path(__file__).parents[1])
 
 
-def build_inputs(plan: Plan, archive: str, update_root: bytes | None = None) -> dict[str, Any]:
-    """Everything that decides the image's content: what the build number is derived from."""
-    return {
+def build_inputs(
+    plan: Plan, archive: str, update_root: bytes | None = None, signer: Signer | None = None
+) -> dict[str, Any]:
+    """Everything that decides the image's content: what the build number is derived from.
+
+    A signed build adds the certificates' fingerprints (another key set signs other bits); an
+    unsigned build has no such entry.
+    """
+    inputs = {
         "profile": yaml.safe_load(dump_profile(plan.profile)),
         "artifacts": {a.name: {"version": a.version, "sha256": a.sha256} for a in plan.artifacts},
         "debian_archive": archive,
         "hostbuild": tree_digest(*HOSTBUILD_SOURCES),
         "update_root": root_digest(update_root),
     }
+    if signer is not None:
+        inputs["secure_boot"] = fingerprints(signer.certificates)
+    return inputs
 
 
 def plan_build(profile: Profile, options: BuildOptions, workdir: Path) -> Plan:
@@ -172,6 +183,7 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
     shutil.rmtree(workdir, ignore_errors=True)
     plan = plan_build(profile, options, workdir)
     update_root = load_update_root(options.update_root) if options.update_root else None
+    signer = prepare_signer(profile, options.signing)  # a missing or wrong key stops it here
     try:
         with step("Check inputs"):
             fetched = fetch_all(plan.artifacts, Cache(options.cache), options.artifact_mirror)
@@ -180,7 +192,7 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
                 logger.info("  %s %s: %s", item.artifact.name, item.artifact.version, origin)
             state = archive_state(plan.mirrors, profile.debian.release)
             lock = load_lock(options.lock or lock_path(profile.path))
-            inputs = inputs_digest(build_inputs(plan, state, update_root))
+            inputs = inputs_digest(build_inputs(plan, state, update_root, signer))
             build = lock.build_number(parse_os_version(profile.version), inputs)
             name = image_name(profile, build)
             tools = ensure_tools_tree(options.cache, plan.mirrors.main)
@@ -208,7 +220,15 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
             version = f"{profile.version}-{build}"
             epoch = source_date_epoch(state)
             assembly = assemble_image(
-                profile, name, version, rootfs, workdir / "assemble", staging, tools, epoch
+                profile,
+                name,
+                version,
+                rootfs,
+                workdir / "assemble",
+                staging,
+                tools,
+                epoch,
+                signer,
             )
             lock.check_reproduced(version, inputs, assembly.record["roothash"])
             manifest = _manifest(plan, fetched, files, packages, tree_bytes, started)
