@@ -20,7 +20,7 @@ def sign_pe(tools: Tools, signer: Signer, source: Path, output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     signed = output.with_name(f".{output.name}.signed")
     engine = ["--engine", signer.engine] if signer.engine else []
-    readonly = [*signer.readonly(), source.parent]
+    readonly = [p for p in {*signer.readonly(), source.parent} if p != output.parent]
     tools.run([
         "sbsign", *engine, "--key", signer.db_key, "--cert", signer.certificates.db,
         "--output", signed, source,

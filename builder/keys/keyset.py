@@ -98,8 +98,10 @@ def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
 
 def _write(path: Path, data: bytes, private: bool) -> None:
     """Private files are created 0600 (never readable by others, not even for a moment)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    mode = 0o600 if private else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)  # the umask may take bits away, never add them: exact modes
         f.write(data)
 
 
@@ -123,9 +125,10 @@ def init_keyset(
     present is copied after checking that each private key matches its certificate; what is
     missing (a role's certificate and key, the PCR pair) is made anew.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    _refuse_existing(directory)
+    if directory.exists():
+        _refuse_existing(directory)
     imported = _read_existing(existing) if existing else {}
+    directory.mkdir(parents=True, exist_ok=True)
     keys: dict[str, rsa.RSAPrivateKey | None] = {}
     certs: dict[str, x509.Certificate] = {}
     out: dict[str, tuple[bytes, bool]] = {}

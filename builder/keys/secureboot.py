@@ -120,11 +120,10 @@ def certificate_sha256(cert: x509.Certificate) -> str:
 
 
 def public_key_sha256(key: rsa.RSAPublicKey) -> str:
-    """SHA-256 of the DER SubjectPublicKeyInfo."""
-    der = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()
+    """SHA-256 of the DER RSAPublicKey (PKCS#1): the `pkfp` systemd writes into .pcrsig."""
+    return hashlib.sha256(
+        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    ).hexdigest()
 
 
 def fingerprints(certificates: Certificates) -> dict[str, Any]:
