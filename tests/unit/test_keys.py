@@ -133,4 +133,3 @@ def test_cli_keys_init_lists_files_and_refuses_again(run_cli: Cli, tmp_path: Pat
     again = run_cli("keys", "init", str(target))
     assert again.exit_code == 1
     assert again.output.startswith(f"Error: {target} already holds a key set (PK.crt, PK.key,")
-
