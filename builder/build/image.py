@@ -42,7 +42,13 @@ from builder.build.toolstree import ensure_tools_tree
 from builder.build.trust import ROOT_PATH, load_update_root, root_digest
 from builder.disk.assemble import assemble_image, source_date_epoch, write_json
 from builder.errors import HostbuildError
-from builder.keys.secureboot import Signer, SigningKeys, fingerprints, prepare_signer
+from builder.keys.secureboot import (
+    Signer,
+    SigningKeys,
+    describe_signing,
+    fingerprints,
+    prepare_signer,
+)
 from builder.log import step
 from builder.profile.components import debian_pins, upstream_artifacts
 from builder.profile.model import Profile, dump_profile
@@ -93,6 +99,7 @@ class Plan:
                 for a in self.artifacts
             ],
             "elements": list(self.dib.elements),
+            "secure_boot": describe_signing(self.profile),
             "dib_command": self.dib.describe(),
         }
 

@@ -137,6 +137,14 @@ def fingerprints(certificates: Certificates) -> dict[str, Any]:
     return {"certificates": certs, "pcr_public_key": pcr_record}
 
 
+def describe_signing(profile: Profile) -> dict[str, Any]:
+    """What a build of `profile` would sign with (for --dry-run; the keys are not read)."""
+    certificates = certificate_paths(profile)
+    if certificates is None:
+        return {"signed": False}
+    return {"signed": True, **fingerprints(certificates)}
+
+
 def check_section(secure_boot: SecureBoot) -> Iterator[tuple[str, str]]:
     """Profile rules: every file the section names exists and is what its key says."""
     for key in (*CERT_KEYS, "pcr_public_key"):

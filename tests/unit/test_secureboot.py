@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,9 @@ def test_a_child_profile_names_paths_relative_to_itself(keys: Path, tmp_path: Pa
 
 
 def test_disabled_section_builds_unsigned(keys: Path, tmp_path: Path) -> None:
-    profile = load_profile(str(secure_profile(tmp_path, keys, enabled=False)))
+    path = secure_profile(tmp_path, keys, enabled=False)
+    shutil.rmtree(tmp_path / "keys")  # a development checkout without the certificates
+    profile = load_profile(str(path))
     assert certificate_paths(profile) is None
     assert prepare_signer(profile, SigningKeys(str(keys / "db.key"))) is None
 
@@ -204,3 +208,21 @@ def test_image_takes_keys_from_the_environment(
     result = run_cli("image", "--profile", str(profile), "--output", str(tmp_path / "out"))
     assert "Error: stopped at the first long step (test)" in result.output
     assert stop_at_fetch == ["fetch_all"]
+
+
+def test_dry_run_names_the_certificates_without_reading_keys(
+    run_cli: Cli, keys: Path, tmp_path: Path, stop_at_fetch: list[str]
+) -> None:
+    profile = secure_profile(tmp_path, keys)
+    result = run_cli("image", "--profile", str(profile), "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)["secure_boot"]
+    signer = prepare_signer(
+        load_profile(str(profile)),
+        SigningKeys(str(keys / "db.key"), str(keys / "pcr-private.pem")),
+    )
+    assert signer is not None
+    expected = signer.record()
+    del expected["pcr_phases"]
+    assert plan == expected
+    assert stop_at_fetch == []
