@@ -41,6 +41,7 @@ from builder.build.sbom import build_sbom
 from builder.build.toolstree import ensure_tools_tree
 from builder.build.trust import ROOT_PATH, load_update_root, root_digest
 from builder.disk.assemble import assemble_image, source_date_epoch, write_json
+from builder.disk.sign import check_engine
 from builder.errors import HostbuildError
 from builder.keys.secureboot import (
     Signer,
@@ -203,6 +204,8 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
             build = lock.build_number(parse_os_version(profile.version), inputs)
             name = image_name(profile, build)
             tools = ensure_tools_tree(options.cache, plan.mirrors.main)
+            if signer is not None:
+                check_engine(tools, signer)
             logger.info("  version %s-%d (inputs %s, lock %s)", profile.version, build, inputs[:12],
                         lock.path)  # fmt: skip
         with staged_output(options.output) as staging:

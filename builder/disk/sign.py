@@ -10,9 +10,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from builder.build.toolstree import ToolsTree
 from builder.disk.slot import Tools
 from builder.errors import CommandError, HostbuildError
 from builder.keys.secureboot import PHASES, Signer
+
+
+def check_engine(tools: ToolsTree, signer: Signer) -> None:
+    """The OpenSSL engine that holds the db key is installed where sbsign runs."""
+    if signer.engine is None:
+        return
+    found = list(tools.path("/usr/lib").glob(f"*/engines-3/{signer.engine}.so"))
+    if not found:
+        package = {"pkcs11": " (package libengine-pkcs11-openssl)"}.get(signer.engine, "")
+        raise HostbuildError(
+            f"--signing-engine {signer.engine!r}: the tools tree has no such OpenSSL "
+            f"engine{package}",
+            hint="sign with a db key file for now, or add the engine's package to the tools "
+            "tree's PACKAGES (builder/build/toolstree.py), which rebuilds the tree",
+        )
 
 
 def sign_pe(tools: Tools, signer: Signer, source: Path, output: Path) -> Path:

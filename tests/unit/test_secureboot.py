@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import serialization
 
 from builder.build import image as image_module
 from builder.build.apt import Mirrors
+from builder.build.toolstree import ToolsTree
+from builder.disk.sign import check_engine
 from builder.errors import HostbuildError, ProfileError
 from builder.keys.secureboot import (
     PHASES,
@@ -226,3 +228,21 @@ def test_dry_run_names_the_certificates_without_reading_keys(
     del expected["pcr_phases"]
     assert plan == expected
     assert stop_at_fetch == []
+
+
+def test_an_engine_must_be_in_the_tools_tree(keys: Path, tmp_path: Path) -> None:
+    path = secure_profile(tmp_path / "profile", keys, pcr=False)
+    signing = SigningKeys("pkcs11:token=fleet;object=db", engine="pkcs11")
+    signer = prepare_signer(load_profile(str(path)), signing)
+    assert signer is not None
+    tree = ToolsTree(tmp_path / "tree")
+    with pytest.raises(HostbuildError) as caught:
+        check_engine(tree, signer)
+    assert caught.value.message == (
+        "--signing-engine 'pkcs11': the tools tree has no such OpenSSL engine "
+        "(package libengine-pkcs11-openssl)"
+    )
+    engines = tmp_path / "tree/usr/lib/x86_64-linux-gnu/engines-3"
+    engines.mkdir(parents=True)
+    (engines / "pkcs11.so").write_bytes(b"")
+    check_engine(tree, signer)
