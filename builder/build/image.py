@@ -229,16 +229,10 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
                 tree_bytes = _tree_size(rootfs)
             version = f"{profile.version}-{build}"
             epoch = source_date_epoch(state)
+            work = workdir / "assemble"
+            staged = signer.staged(workdir / "keys") if signer else None
             assembly = assemble_image(
-                profile,
-                name,
-                version,
-                rootfs,
-                workdir / "assemble",
-                staging,
-                tools,
-                epoch,
-                signer,
+                profile, name, version, rootfs, work, staging, tools, epoch, staged
             )
             lock.check_reproduced(version, inputs, assembly.record["roothash"])
             manifest = _manifest(plan, fetched, files, packages, tree_bytes, started)

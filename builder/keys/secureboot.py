@@ -72,6 +72,32 @@ class Signer:
             files.append(Path(self.db_key))
         return sorted({f.parent for f in files if f is not None})
 
+    def staged(self, directory: Path) -> Signer:
+        """This signer with its files copied into `directory` (made 0700; keys stay 0600).
+
+        The tools tree binds the directories of the files a tool reads, and cannot bind one
+        below /etc or /usr (where a build host may keep its keys): the copies, in the build's
+        work directory, are removed with it.
+        """
+        directory.mkdir(mode=0o700, parents=True)
+        directory.chmod(0o700)
+
+        def copy(path: Path, name: str) -> Path:
+            target = directory / name
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(path.read_bytes())
+            return target
+
+        c = self.certificates
+        pcr_public = copy(c.pcr_public_key, "pcr-public.pem") if c.pcr_public_key else None
+        certificates = Certificates(
+            copy(c.pk, "PK.crt"), copy(c.kek, "KEK.crt"), copy(c.db, "db.crt"), pcr_public
+        )
+        db_key = self.db_key if self.engine else os.fspath(copy(Path(self.db_key), "db.key"))
+        pcr_key = copy(self.pcr_key, "pcr-private.pem") if self.pcr_key else None
+        return Signer(certificates, db_key, pcr_key, self.engine)
+
     def record(self) -> dict[str, Any]:
         """What the manifest says of the signing: certificate and key fingerprints."""
         return {"signed": True, **fingerprints(self.certificates),

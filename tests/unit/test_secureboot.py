@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,17 @@ def test_an_engine_must_be_in_the_tools_tree(keys: Path, tmp_path: Path) -> None
     engines.mkdir(parents=True)
     (engines / "pkcs11.so").write_bytes(b"")
     check_engine(tree, signer)
+
+
+def test_staged_signer_copies_files_privately(keys: Path, tmp_path: Path) -> None:
+    profile = load_profile(str(secure_profile(tmp_path / "profile", keys)))
+    signer = prepare_signer(
+        profile, SigningKeys(str(keys / "db.key"), str(keys / "pcr-private.pem"))
+    )
+    assert signer is not None
+    staged = signer.staged(tmp_path / "work" / "keys")
+    assert staged.readonly() == [tmp_path / "work" / "keys"]
+    assert stat.S_IMODE((tmp_path / "work" / "keys").stat().st_mode) == 0o700
+    assert Path(staged.db_key).read_bytes() == (keys / "db.key").read_bytes()
+    assert staged.record() == signer.record()
+    assert staged.pcr_key is not None and stat.S_IMODE(staged.pcr_key.stat().st_mode) == 0o600
