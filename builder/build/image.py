@@ -47,6 +47,7 @@ from builder.keys.secureboot import (
     Signer,
     SigningKeys,
     describe_signing,
+    export_certificates,
     fingerprints,
     prepare_signer,
 )
@@ -242,13 +243,18 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
                 update_root=root_digest(update_root),
                 **assembly.record,
             )  # fmt: skip
+            exported = export_certificates(signer.certificates, staging) if signer else {}
+            if exported:
+                manifest["secure_boot"]["files"] = {
+                    key: path.relative_to(staging).as_posix() for key, path in exported.items()
+                }
             sbom = write_json(staging / f"{name}.spdx.json", build_sbom(manifest, epoch))
             with step("Checksums"):
                 manifest["outputs"] = {
                     path.relative_to(staging).as_posix(): {
                         "sha256": sha256_file(path), "bytes": path.stat().st_size,
                     }
-                    for path in [*assembly.outputs.values(), sbom]
+                    for path in [*assembly.outputs.values(), *exported.values(), sbom]
                 }  # fmt: skip
             write_manifest(staging, manifest)
             shutil.copyfile(log, staging / "build.log")

@@ -1,7 +1,8 @@
 """The profile's Secure Boot certificates and the build's private keys, checked against them.
 
-`certificate_paths(profile)` is what other stages call for PK/KEK/db (the firmware variable
-store, the AMI's UefiData); `prepare_signer` is the build's check, before any long step.
+`certificate_paths(profile)` gives a profile's PK/KEK/db, `build_certificates(output, manifest)`
+those of a finished build (for the firmware variable store, the AMI's UefiData);
+`prepare_signer` is the build's check, before any long step.
 """
 
 from __future__ import annotations
@@ -102,6 +103,64 @@ class Signer:
         """What the manifest says of the signing: certificate and key fingerprints."""
         return {"signed": True, **fingerprints(self.certificates),
                 "pcr_phases": list(PHASES) if self.pcr_key else []}  # fmt: skip
+
+
+EXPORT_DIR = "secure-boot"  # in a build's output directory: the public halves it was signed for
+EXPORT_NAMES = {
+    "pk": "PK.crt",
+    "kek": "KEK.crt",
+    "db": "db.crt",
+    "pcr_public_key": "pcr-public.pem",
+}
+
+
+def export_certificates(certificates: Certificates, output: Path) -> dict[str, Path]:
+    """PEM copies of the certificates (and the PCR public key) in `output`/secure-boot/, so a
+    build's output directory is enough to enrol its keys (QEMU's variable store, an AMI)."""
+    directory = output / EXPORT_DIR
+    directory.mkdir()
+    files = {}
+    for key, name in EXPORT_NAMES.items():
+        source = getattr(certificates, key)
+        if source is None:
+            continue
+        if key == "pcr_public_key":
+            data = load_public_key(source).public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        else:
+            data = load_certificate(source).public_bytes(serialization.Encoding.PEM)
+        (directory / name).write_bytes(data)
+        files[key] = directory / name
+    return files
+
+
+def build_certificates(output: Path, manifest: dict[str, Any]) -> Certificates | None:
+    """The certificates a build in `output` was signed for (None for an unsigned build), from
+    its manifest's `secure_boot.files`; HostbuildError when one is missing or was changed."""
+    record = manifest.get("secure_boot") or {}
+    if not record.get("signed"):
+        return None
+    paths: dict[str, Path | None] = {}
+    for key in EXPORT_NAMES:
+        name = record.get("files", {}).get(key)
+        paths[key] = output / name if name else None
+    pk, kek, db = (paths[k] for k in CERT_KEYS)
+    if pk is None or kek is None or db is None:
+        raise HostbuildError(f"{output}: the manifest of a signed build names no certificates")
+    certificates = Certificates(pk, kek, db, paths["pcr_public_key"])
+    try:
+        found = fingerprints(certificates)
+    except (OSError, ValueError) as e:
+        raise HostbuildError(f"{output}: a certificate of the build cannot be read: {e}") from None
+    for key in ("certificates", "pcr_public_key"):
+        if found[key] != record.get(key):
+            raise HostbuildError(
+                f"{output}/{EXPORT_DIR}: the files are not the ones the build was signed for "
+                f"({key} fingerprints differ from the manifest's)",
+                hint="use the output directory as hostbuild image wrote it",
+            )
+    return certificates
 
 
 def resolve(secure_boot: SecureBoot, key: str) -> Path | None:

@@ -22,7 +22,10 @@ from builder.keys.secureboot import (
     PHASES,
     Certificates,
     SigningKeys,
+    build_certificates,
     certificate_paths,
+    export_certificates,
+    fingerprints,
     prepare_signer,
 )
 from builder.profile.load import load_profile
@@ -261,3 +264,30 @@ def test_staged_signer_copies_files_privately(keys: Path, tmp_path: Path) -> Non
     assert Path(staged.db_key).read_bytes() == (keys / "db.key").read_bytes()
     assert staged.record() == signer.record()
     assert staged.pcr_key is not None and stat.S_IMODE(staged.pcr_key.stat().st_mode) == 0o600
+
+
+def test_a_build_output_carries_the_certificates_it_was_signed_for(
+    keys: Path, other_keys: Path, tmp_path: Path
+) -> None:
+    profile = load_profile(str(secure_profile(tmp_path / "profile", keys)))
+    certificates = certificate_paths(profile)
+    assert certificates is not None
+    output = tmp_path / "output"
+    output.mkdir()
+    files = export_certificates(certificates, output)
+    assert sorted(p.name for p in (output / "secure-boot").iterdir()) == [
+        "KEK.crt", "PK.crt", "db.crt", "pcr-public.pem",
+    ]  # fmt: skip
+    record = {"signed": True, **fingerprints(certificates)}
+    record["files"] = {k: p.relative_to(output).as_posix() for k, p in files.items()}
+    found = build_certificates(output, {"secure_boot": record})
+    assert found == Certificates(
+        output / "secure-boot/PK.crt", output / "secure-boot/KEK.crt",
+        output / "secure-boot/db.crt", output / "secure-boot/pcr-public.pem",
+    )  # fmt: skip
+    assert fingerprints(found) == fingerprints(certificates)
+    assert build_certificates(output, {"secure_boot": {"signed": False}}) is None
+    assert build_certificates(output, {}) is None
+    (output / "secure-boot/db.crt").write_bytes((other_keys / "db.crt").read_bytes())
+    with pytest.raises(HostbuildError, match="not the ones the build was signed for"):
+        build_certificates(output, {"secure_boot": record})
