@@ -31,7 +31,8 @@ from builder.keys.secureboot import (
 from builder.profile.load import load_profile
 from builder.profile.model import dump_profile
 from tests.conftest import Cli
-from tests.unit.sbkeys import keys, other_keys, secure_profile
+from tests.secureboot import secure_profile, signing_keys
+from tests.unit.sbkeys import keys, other_keys
 
 __all__ = ["keys", "other_keys"]  # the fixtures
 
@@ -91,9 +92,7 @@ def test_a_private_key_named_as_certificate_is_a_profile_error(keys: Path, tmp_p
 
 def test_signer_with_matching_keys_records_fingerprints(keys: Path, tmp_path: Path) -> None:
     profile = load_profile(str(secure_profile(tmp_path, keys)))
-    signer = prepare_signer(
-        profile, SigningKeys(str(keys / "db.key"), str(keys / "pcr-private.pem"))
-    )
+    signer = prepare_signer(profile, signing_keys(keys))
     assert signer is not None and signer.pcr_key == keys / "pcr-private.pem"
     record = signer.record()
     for role in ("pk", "kek", "db"):
@@ -153,7 +152,7 @@ def test_refuses_a_pcr_key_the_profile_has_no_public_half_for(keys: Path, tmp_pa
     path = secure_profile(tmp_path, keys, pcr=False)
     signer = prepare_signer(load_profile(str(path)), SigningKeys(str(keys / "db.key")))
     assert signer is not None and signer.pcr_key is None and signer.record()["pcr_phases"] == []
-    error = refusal(path, SigningKeys(str(keys / "db.key"), str(keys / "pcr-private.pem")))
+    error = refusal(path, signing_keys(keys))
     assert error.message.startswith("a PCR signing key was given, but profile 'secure' names no")
 
 
@@ -225,7 +224,7 @@ def test_dry_run_names_the_certificates_without_reading_keys(
     plan = json.loads(result.output)["secure_boot"]
     signer = prepare_signer(
         load_profile(str(profile)),
-        SigningKeys(str(keys / "db.key"), str(keys / "pcr-private.pem")),
+        signing_keys(keys),
     )
     assert signer is not None
     expected = signer.record()
@@ -254,9 +253,7 @@ def test_an_engine_must_be_in_the_tools_tree(keys: Path, tmp_path: Path) -> None
 
 def test_staged_signer_copies_files_privately(keys: Path, tmp_path: Path) -> None:
     profile = load_profile(str(secure_profile(tmp_path / "profile", keys)))
-    signer = prepare_signer(
-        profile, SigningKeys(str(keys / "db.key"), str(keys / "pcr-private.pem"))
-    )
+    signer = prepare_signer(profile, signing_keys(keys))
     assert signer is not None
     staged = signer.staged(tmp_path / "work" / "keys")
     assert staged.readonly() == [tmp_path / "work" / "keys"]

@@ -16,9 +16,10 @@ from builder.disk.esp import SD_BOOT
 from builder.disk.sign import sign_pe, verify_pe
 from builder.disk.uki import STUB, build_uki
 from builder.errors import HostbuildError
-from builder.keys.secureboot import Signer, SigningKeys, prepare_signer
+from builder.keys.secureboot import Signer, prepare_signer
 from builder.profile.load import load_profile
-from tests.unit.sbkeys import find_tools_tree, keys, other_keys, secure_profile
+from tests.secureboot import find_tools_tree, secure_profile, signing_keys
+from tests.unit.sbkeys import keys, other_keys
 
 __all__ = ["keys", "other_keys"]  # the fixtures
 
@@ -35,8 +36,7 @@ def tools() -> ToolsTree:
 
 def signer_for(keys: Path, tmp_path: Path, pcr: bool = True) -> Signer:
     profile = load_profile(str(secure_profile(tmp_path / "profile", keys, pcr=pcr)))
-    pcr_key = str(keys / "pcr-private.pem") if pcr else None
-    signer = prepare_signer(profile, SigningKeys(str(keys / "db.key"), pcr_key))
+    signer = prepare_signer(profile, signing_keys(keys, pcr))
     assert signer is not None
     return signer
 
@@ -132,9 +132,7 @@ def test_assembly_signs_the_boot_chain_and_the_payload_carries_the_signed_uki(
     tools: ToolsTree, keys: Path, tmp_path: Path
 ) -> None:
     profile = load_profile(str(secure_profile(tmp_path / "profile", keys)))
-    signer = prepare_signer(
-        profile, SigningKeys(str(keys / "db.key"), str(keys / "pcr-private.pem"))
-    )
+    signer = prepare_signer(profile, signing_keys(keys))
     tar = rootfs_tar(fake_tree(tools, tmp_path / "tree"), tmp_path / "rootfs.tar")
     work, staging = tmp_path / "work", tmp_path / "staging"
     staging.mkdir()
