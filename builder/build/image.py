@@ -41,7 +41,16 @@ from builder.build.sbom import build_sbom
 from builder.build.toolstree import ensure_tools_tree
 from builder.build.trust import ROOT_PATH, load_update_root, root_digest
 from builder.disk.assemble import assemble_image, source_date_epoch, write_json
+from builder.disk.sign import check_engine
 from builder.errors import HostbuildError
+from builder.keys.secureboot import (
+    Signer,
+    SigningKeys,
+    describe_signing,
+    export_certificates,
+    fingerprints,
+    prepare_signer,
+)
 from builder.log import step
 from builder.profile.components import debian_pins, upstream_artifacts
 from builder.profile.model import Profile, dump_profile
@@ -60,6 +69,7 @@ class BuildOptions:
     artifact_mirror: str | None = None
     lock: Path | None = None  # default: next to the profile
     update_root: Path | None = None  # the update repository's root.json the image trusts
+    signing: SigningKeys = SigningKeys()  # private keys of a secure_boot profile
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,7 @@ class Plan:
                 for a in self.artifacts
             ],
             "elements": list(self.dib.elements),
+            "secure_boot": describe_signing(self.profile),
             "dib_command": self.dib.describe(),
         }
 
@@ -106,15 +117,24 @@ def image_name(profile: Profile, build: int | None = None) -> str:
 HOSTBUILD_SOURCES = (ELEMENTS_DIR, Path(__file__).parents[1])
 
 
-def build_inputs(plan: Plan, archive: str, update_root: bytes | None = None) -> dict[str, Any]:
-    """Everything that decides the image's content: what the build number is derived from."""
-    return {
+def build_inputs(
+    plan: Plan, archive: str, update_root: bytes | None = None, signer: Signer | None = None
+) -> dict[str, Any]:
+    """Everything that decides the image's content: what the build number is derived from.
+
+    A signed build adds the certificates' fingerprints (another key set signs other bits); an
+    unsigned build has no such entry.
+    """
+    inputs = {
         "profile": yaml.safe_load(dump_profile(plan.profile)),
         "artifacts": {a.name: {"version": a.version, "sha256": a.sha256} for a in plan.artifacts},
         "debian_archive": archive,
         "hostbuild": tree_digest(*HOSTBUILD_SOURCES),
         "update_root": root_digest(update_root),
     }
+    if signer is not None:
+        inputs["secure_boot"] = fingerprints(signer.certificates)
+    return inputs
 
 
 def plan_build(profile: Profile, options: BuildOptions, workdir: Path) -> Plan:
@@ -172,6 +192,7 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
     shutil.rmtree(workdir, ignore_errors=True)
     plan = plan_build(profile, options, workdir)
     update_root = load_update_root(options.update_root) if options.update_root else None
+    signer = prepare_signer(profile, options.signing)  # a missing or wrong key stops it here
     try:
         with step("Check inputs"):
             fetched = fetch_all(plan.artifacts, Cache(options.cache), options.artifact_mirror)
@@ -180,10 +201,12 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
                 logger.info("  %s %s: %s", item.artifact.name, item.artifact.version, origin)
             state = archive_state(plan.mirrors, profile.debian.release)
             lock = load_lock(options.lock or lock_path(profile.path))
-            inputs = inputs_digest(build_inputs(plan, state, update_root))
+            inputs = inputs_digest(build_inputs(plan, state, update_root, signer))
             build = lock.build_number(parse_os_version(profile.version), inputs)
             name = image_name(profile, build)
             tools = ensure_tools_tree(options.cache, plan.mirrors.main)
+            if signer is not None:
+                check_engine(tools, signer)
             logger.info("  version %s-%d (inputs %s, lock %s)", profile.version, build, inputs[:12],
                         lock.path)  # fmt: skip
         with staged_output(options.output) as staging:
@@ -207,8 +230,10 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
                 tree_bytes = _tree_size(rootfs)
             version = f"{profile.version}-{build}"
             epoch = source_date_epoch(state)
+            work = workdir / "assemble"
+            staged = signer.staged(workdir / "keys") if signer else None
             assembly = assemble_image(
-                profile, name, version, rootfs, workdir / "assemble", staging, tools, epoch
+                profile, name, version, rootfs, work, staging, tools, epoch, staged
             )
             lock.check_reproduced(version, inputs, assembly.record["roothash"])
             manifest = _manifest(plan, fetched, files, packages, tree_bytes, started)
@@ -218,13 +243,18 @@ def build_image(profile: Profile, options: BuildOptions, log: Path) -> dict[str,
                 update_root=root_digest(update_root),
                 **assembly.record,
             )  # fmt: skip
+            exported = export_certificates(signer.certificates, staging) if signer else {}
+            if exported:
+                manifest["secure_boot"]["files"] = {
+                    key: path.relative_to(staging).as_posix() for key, path in exported.items()
+                }
             sbom = write_json(staging / f"{name}.spdx.json", build_sbom(manifest, epoch))
             with step("Checksums"):
                 manifest["outputs"] = {
                     path.relative_to(staging).as_posix(): {
                         "sha256": sha256_file(path), "bytes": path.stat().st_size,
                     }
-                    for path in [*assembly.outputs.values(), sbom]
+                    for path in [*assembly.outputs.values(), *exported.values(), sbom]
                 }  # fmt: skip
             write_manifest(staging, manifest)
             shutil.copyfile(log, staging / "build.log")

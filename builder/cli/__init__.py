@@ -20,8 +20,10 @@ from builder.build.image import BuildOptions, build_image, image_name, plan_buil
 from builder.build.manifest import read_manifest
 from builder.build.toolstree import ensure_tools_tree
 from builder.cli.fleet import fleet
+from builder.cli.keys import keys
 from builder.cli.repo import repo
 from builder.errors import HostbuildError
+from builder.keys.secureboot import SigningKeys
 from builder.log import current_log_file, log_file, setup_logging
 from builder.profile.components import upstream_artifacts
 from builder.profile.load import display, list_profiles, load_profile
@@ -171,6 +173,20 @@ def artifacts_fetch(state: State, profile_ref: str, artifact_mirror: str | None)
     help="The TUF root.json of the update repository the image trusts (env HOSTBUILD_UPDATE_ROOT) "
     "[default: none: the node takes no updates].",
 )  # fmt: skip
+@click.option(
+    "--db-key", metavar="FILE|URI", envvar="HOSTBUILD_DB_KEY",
+    help="The db private key that signs systemd-boot and the UKI of a profile with secure_boot "
+    "enabled: a PEM file, or with --signing-engine a PKCS#11 URI [env: HOSTBUILD_DB_KEY].",
+)  # fmt: skip
+@click.option(
+    "--pcr-key", metavar="FILE", envvar="HOSTBUILD_PCR_KEY",
+    help="The private key that signs the UKI's PCR 11 predictions, when the profile names "
+    "secure_boot.pcr_public_key (PEM) [env: HOSTBUILD_PCR_KEY].",
+)  # fmt: skip
+@click.option(
+    "--signing-engine", metavar="ENGINE", envvar="HOSTBUILD_SIGNING_ENGINE",
+    help="OpenSSL engine that holds the db key, e.g. pkcs11 [env: HOSTBUILD_SIGNING_ENGINE].",
+)  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the resolved inputs and the DIB command.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
 @pass_state
@@ -181,13 +197,17 @@ def image(
     artifact_mirror: str | None,
     lock: Path | None,
     update_root: Path | None,
+    db_key: str | None,
+    pcr_key: str | None,
+    signing_engine: str | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
     """Build the disk image of a profile: raw, qcow2, update payload, manifest and SBOM."""
     profile = load_profile(profile_ref)
     output = (output or Path("output") / profile.name).absolute()
-    options = BuildOptions(output, state.cache, artifact_mirror, lock, update_root)
+    signing = SigningKeys(db_key, pcr_key, signing_engine)
+    options = BuildOptions(output, state.cache, artifact_mirror, lock, update_root, signing)
     if dry_run:
         plan = plan_build(profile, options, state.cache / "work" / f"{image_name(profile)}-PID")
         _emit(plan.describe() | {"output": os.fspath(output)}, as_json)
@@ -334,6 +354,7 @@ def doctor(state: State) -> None:
 cli.add_command(publish)
 cli.add_command(repo)
 cli.add_command(fleet)
+cli.add_command(keys)
 
 
 @cli.group()

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from builder.build.artifacts import sha256_file
-from builder.disk.esp import build_esp, uki_filename
+from builder.disk.esp import SD_BOOT, build_esp, uki_filename
 from builder.disk.gpt import ESP_SIZE, assemble_disk, convert_qcow2, plan_layout
 from builder.disk.payload import build_payload
+from builder.disk.sign import sign_pe
 from builder.disk.slot import (
     Tools,
     derived_uuid,
@@ -23,6 +24,7 @@ from builder.disk.slot import (
     take_boot_files,
 )
 from builder.disk.uki import build_uki, compress_initrd, kernel_cmdline
+from builder.keys.secureboot import Signer
 from builder.log import step
 from builder.profile.model import Profile
 
@@ -48,9 +50,13 @@ def source_date_epoch(archive_state: str) -> int:
 
 def assemble_image(
     profile: Profile, name: str, version: str, rootfs_tar: Path, work: Path, staging: Path,
-    tools: Tools, epoch: int,
+    tools: Tools, epoch: int, signer: Signer | None = None,
 ) -> Assembly:  # fmt: skip
-    """Build every disk output of one version into `staging` (work files go to `work`)."""
+    """Build every disk output of one version into `staging` (work files go to `work`).
+
+    With a signer, systemd-boot and the UKI are signed with db before they go into the ESP, and
+    the payload carries that same signed UKI file.
+    """
     tree = work / "tree"
     with step("Unpack root tree"):
         extract_tree(rootfs_tar, tree)
@@ -60,14 +66,19 @@ def assemble_image(
         slot = make_slot(tree, work / "slot", tools, name=name, version=version, epoch=epoch)
     layout = plan_layout(name, version, profile.name, slot.erofs.stat().st_size, slot.roothash)
     cmdline = kernel_cmdline(slot.roothash, profile.kernel.cmdline)
-    with step("UKI (zstd initrd, ukify) and ESP (mtools)"):
+    signed = " signed with db" if signer else ""
+    with step(f"UKI (zstd initrd, ukify{signed}) and ESP (mtools)"):
         initrd = compress_initrd(tools, initrd)
-        uki = build_uki(tools, tree, kernel, initrd, kver, cmdline, work / "uki" / f"{name}.efi")
+        uki_path = work / "uki" / f"{name}.efi"
+        uki = build_uki(tools, tree, kernel, initrd, kver, cmdline, uki_path, signer)
+        boot = tree / SD_BOOT
+        if signer is not None:
+            boot = sign_pe(tools, signer, boot, work / "boot-efi" / boot.name)
         volume_id = derived_uuid(name, version, "esp").hex[:8]
         uki_name = uki_filename(profile.name, version)
         marker = f"layout {layout.version}\n"
         esp = build_esp(
-            tools, work / "esp.img", ESP_SIZE, volume_id, tree, uki, uki_name, marker, epoch
+            tools, work / "esp.img", ESP_SIZE, volume_id, boot, uki, uki_name, marker, epoch
         )
     with step(f"Disk: GPT layout v{layout.version}, raw and qcow2"):
         raw = assemble_disk(
@@ -90,6 +101,7 @@ def assemble_image(
             "erofs_uuid": slot.erofs_uuid, "verity_uuid": slot.verity_uuid,
         },
         "payload": payload,
+        "secure_boot": signer.record() if signer else {"signed": False},
         "source_date_epoch": epoch,
     }  # fmt: skip
     return Assembly(record, {"raw": raw, "qcow2": qcow2, "payload": payload_dir / "payload.json"})

@@ -24,10 +24,11 @@ def uki_filename(image_id: str, version: str, tries: int | None = TRIES) -> str:
 
 
 def build_esp(
-    tools: Tools, out: Path, size: int, volume_id: str, tree: Path, uki: Path, uki_name: str,
+    tools: Tools, out: Path, size: int, volume_id: str, boot: Path, uki: Path, uki_name: str,
     layout: str, epoch: int,
 ) -> Path:  # fmt: skip
-    """A FAT32 image of `size` bytes holding systemd-boot, the loader config and one UKI."""
+    """A FAT32 image of `size` bytes holding systemd-boot (`boot`, the image tree's SD_BOOT or
+    its signed copy) as the removable-media path and as itself, the loader config and one UKI."""
     env = base_environment()
     env.update(MTOOLS_SKIP_CHECK="1", SOURCE_DATE_EPOCH=str(epoch))
     out.unlink(missing_ok=True)
@@ -39,7 +40,6 @@ def build_esp(
     image = os.fspath(out)
     for directory in ("EFI", "EFI/BOOT", "EFI/systemd", "EFI/Linux", "loader", "loader/entries"):
         tools.run(["mmd", "-i", image, f"::/{directory}"], binds=binds, env=env)
-    boot = tree / SD_BOOT
     config = out.parent / "loader.conf"
     config.write_text(LOADER_CONF)
     marker = out.parent / "hostbuild-layout"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from builder.disk.sign import sign_pe, ukify_pcr_options
 from builder.disk.slot import Tools
+from builder.keys.secureboot import Signer
 
 STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 
@@ -42,15 +44,24 @@ def compress_initrd(tools: Tools, initrd: Path, level: int = 19) -> Path:
 
 
 def build_uki(
-    tools: Tools, tree: Path, kernel: Path, initrd: Path, kver: str, cmdline: str, output: Path
-) -> Path:
-    """ukify from the tools tree; the stub and os-release come from the image's own tree."""
+    tools: Tools, tree: Path, kernel: Path, initrd: Path, kver: str, cmdline: str, output: Path,
+    signer: Signer | None = None,
+) -> Path:  # fmt: skip
+    """ukify from the tools tree; the stub and os-release come from the image's own tree.
+
+    With a signer, ukify embeds signed PCR 11 predictions (systemd-measure) and the PCR public
+    key, and the UKI is then signed with db (sbsign): the signature does not change the sections
+    the predictions are computed over.
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
+    readonly = signer.readonly() if signer else []
     tools.run([
         "ukify", "build", f"--linux={kernel}", f"--initrd={initrd}", f"--uname={kver}",
         f"--stub={tree / STUB}", f"--os-release=@{tree / 'usr/lib/os-release'}",
-        f"--cmdline={cmdline}", f"--output={output}",
-    ], binds=[kernel.parent, tree, output.parent])  # fmt: skip
+        f"--cmdline={cmdline}", *ukify_pcr_options(signer), f"--output={output}",
+    ], binds=[kernel.parent, initrd.parent, tree, output.parent], readonly=readonly)  # fmt: skip
     if not output.exists():
         raise FileNotFoundError(os.fspath(output))
+    if signer is not None:
+        sign_pe(tools, signer, output, output)
     return output

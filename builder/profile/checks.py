@@ -13,6 +13,7 @@ from typing import Any
 
 from builder.build.artifacts import load_catalogue
 from builder.build.lock import load_lock, lock_path
+from builder.keys.secureboot import check_section
 from builder.node.check import describe, join_path
 from builder.node.nodeconfig import DNS_NAME, IMAGE_REF
 from builder.profile.cmdline import check_cmdline
@@ -69,6 +70,8 @@ def check_profile(profile: Profile) -> list[tuple[str, str]]:
         *(_check_containerd(profile.containerd) if profile.containerd else ()),
         *(_check_kubelet(profile.kubelet) if profile.kubelet else ()),
         *_check_requirements(profile),
+        # a disabled section (a development build) needs no certificate files
+        *(check_section(sb) if (sb := profile.secure_boot) and sb.enabled else ()),
     ]
 
 

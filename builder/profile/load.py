@@ -16,8 +16,8 @@ from builder.errors import Issue, ProfileError
 from builder.node.check import join_path, kind_of
 from builder.node.yamlsafe import YamlError, load_yaml
 from builder.profile.checks import check_profile, check_versions
-from builder.profile.model import Profile
-from builder.profile.schema import INVALID, convert
+from builder.profile.model import Profile, SecureBoot
+from builder.profile.schema import INVALID, convert, yaml_fields
 
 PROFILES_DIR = Path(os.environ.get("HOSTBUILD_PROFILES", Path(__file__).parents[2] / "profiles"))
 MAX_PROFILE = 1 << 20  # profiles are a few KiB; this bounds reading a wrong file (or /dev/zero)
@@ -185,6 +185,13 @@ def load_profile(ref: str) -> Profile:
     if profile is not INVALID:
         chain = tuple(layer.path for layer in layers)
         profile = dataclasses.replace(profile, name=leaf.stem, path=leaf, chain=chain)
+        if profile.secure_boot is not None:
+            bases = {
+                f.name: _origin_of(f"secure_boot.{f.name}", origins, leaf).parent.absolute()
+                for f in yaml_fields(SecureBoot)
+            }
+            secure_boot = dataclasses.replace(profile.secure_boot, bases=bases)
+            profile = dataclasses.replace(profile, secure_boot=secure_boot)
         located += [
             Issue(display(_origin_of(p, origins, leaf)), p, m) for p, m in check_profile(profile)
         ]

@@ -111,6 +111,20 @@ class SkewOverride:
 
 
 @dataclass(frozen=True)
+class SecureBoot:
+    """UEFI Secure Boot with the fleet's own keys: the public halves (paths relative to the
+    profile file that names them, or absolute). The private keys come from the build's options."""
+
+    pk: str
+    kek: str
+    db: str
+    pcr_public_key: str | None = None  # signs PCR 11 predictions into every UKI when set
+    enabled: bool = True
+    # the directory of the profile file that set each key (filled by the loader)
+    bases: dict[str, Path] = field(default_factory=dict, metadata={"internal": True})
+
+
+@dataclass(frozen=True)
 class Profile:
     """A resolved profile: everything a build needs to know about the image."""
 
@@ -126,6 +140,7 @@ class Profile:
     kubelet: Kubelet | None = None
     skew_override: SkewOverride | None = None
     upgrade_from: str | None = None
+    secure_boot: SecureBoot | None = None
     name: str = field(default="", metadata={"internal": True})
     path: Path = field(default=Path(), metadata={"internal": True})
     chain: tuple[Path, ...] = field(default=(), metadata={"internal": True})

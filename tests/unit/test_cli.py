@@ -83,6 +83,7 @@ def test_dry_run_prints_inputs_and_dib_command_and_changes_nothing(
     assert plan["debian"]["mirror"] == "http://deb.example.test/debian"
     assert plan["debian"]["pinned"]["containerd"] == "1.7.24~ds1-6+deb13u1"
     assert [a["name"] for a in plan["artifacts"]] == ["crictl", "kubelet"]
+    assert plan["secure_boot"] == {"signed": False}
     assert (
         plan["artifacts"][1]["url"] == "https://dl.k8s.io/release/v1.35.8/bin/linux/amd64/kubelet"
     )
