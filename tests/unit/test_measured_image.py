@@ -52,15 +52,15 @@ def tools() -> ToolsTree:
 def dlopened(tools: ToolsTree) -> set[str]:
     """The TSS2 sonames libsystemd-shared declares it dlopens (its ELF .note.dlopen)."""
     shared = next(tools.path(LIBDIR).glob("systemd/libsystemd-shared-*.so"))
-    return set(re.findall(rb'"soname":\["(libtss2-[^"]+)"\]', shared.read_bytes()))
+    found = re.findall(rb'"soname":\["(libtss2-[^"]+)"\]', shared.read_bytes())
+    return {name.decode() for name in found}
 
 
 @needs_tree
 def test_initrd_gets_what_systemd_dlopens_and_what_that_links(tools: ToolsTree) -> None:
     libs = initrd_libraries()
-    names = {lib.encode() for lib in libs}
-    assert dlopened(tools) == {b"libtss2-esys.so.0", b"libtss2-mu.so.0", b"libtss2-rc.so.0"}
-    assert dlopened(tools) <= names
+    assert dlopened(tools) == {"libtss2-esys.so.0", "libtss2-mu.so.0", "libtss2-rc.so.0"}
+    assert dlopened(tools) <= set(libs)
     # the transport tpm2_context_new loads for its default device:/dev/tpmrm0
     assert "libtss2-tcti-device.so.0" in libs
     for lib in libs:
@@ -93,4 +93,4 @@ def test_the_boot_element_installs_the_packages_of_the_initrd_libraries(tools: T
         assert package in installed, f"{lib} is in {package}, which hostbuild-boot does not pull"
     # every library systemd dlopens is installed by name (not only as someone's dependency)
     for soname in dlopened(tools):
-        assert owner(tools, f"{LIBDIR}/{soname.decode()}") in listed
+        assert owner(tools, f"{LIBDIR}/{soname}") in listed
