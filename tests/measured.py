@@ -14,7 +14,7 @@ import base64
 import hashlib
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +130,52 @@ def node_pcr(text: str) -> str:
     """A PCR as the node's sysfs shows it (/sys/class/tpm/tpm0/pcr-sha256/11: upper-case hex,
     a newline), in the manifest's form."""
     return text.strip().lower()
+
+
+# On a booted node (VM tests)
+NODE_PCR11 = "/sys/class/tpm/tpm0/pcr-sha256/11"
+# systemd-pcrextend's event log (JSON-SEQ, TCG canonical event log records): the initrd's entries
+# survive switch-root with /run
+MEASURE_LOG = "/run/log/systemd/tpm2-measure.log"
+ROOT_PHASE_UNITS = ("systemd-pcrphase-sysinit.service", "systemd-pcrphase.service")
+PHASE_WORDS = FINAL_PHASE.split(":")
+
+
+def measured_words(log: str) -> list[str]:
+    """The words systemd-pcrextend measured into PCR 11, in order, from its event log."""
+    words = []
+    for record in log.split("\x1e"):
+        if record.strip():
+            event = json.loads(record)
+            if event.get("pcr") == PCR:
+                words.append(str(event.get("content", {}).get("string")))
+    return words
+
+
+def uki_pcrsig(uki: Path) -> dict[str, Any]:
+    """The signed PCR predictions (.pcrsig JSON) of a UKI file."""
+    return dict(json.loads(pe_sections(uki.read_bytes())[".pcrsig"].rstrip(b"\0")))
+
+
+def check_booted_node(
+    sh: Callable[[str], str], output: Path, pcrsig: Mapping[str, Any] | None = None
+) -> str:
+    """A node booted from the build in `output`, with a TPM, reached the booted-system phase:
+    `sh` runs a command on it (stdout; fails unless it exits 0). The root's phase units are
+    active, the event log has the four phase words in order, PCR 11 is the manifest's
+    prediction and, given the UKI's .pcrsig (`uki_pcrsig`), one of its policies is signed for
+    that value by the build's PCR key. Returns the value."""
+    sh(f"systemctl is-active {' '.join(ROOT_PHASE_UNITS)}")
+    words = measured_words(sh(f"cat {MEASURE_LOG}"))
+    assert words == PHASE_WORDS, f"PCR 11 phase measurements: {words}, expected {PHASE_WORDS}"
+    value = node_pcr(sh(f"cat {NODE_PCR11}"))
+    assert value == predicted_pcr11(output), (
+        f"PCR 11 is {value}, predicted {predicted_pcr11(output)}"
+    )
+    if pcrsig is not None:
+        public = (
+            output
+            / json.loads((output / MANIFEST).read_text())["secure_boot"]["files"]["pcr_public_key"]
+        )
+        signed_policy_for(pcrsig, public.read_bytes(), value)
+    return value

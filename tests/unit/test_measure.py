@@ -16,12 +16,20 @@ from builder.disk.uki import build_uki
 from builder.keys.secureboot import PHASES
 from tests.measured import (
     FINAL_PHASE,
+    MEASURE_LOG,
+    NODE_PCR11,
+    PCR,
+    PHASE_WORDS,
+    ROOT_PHASE_UNITS,
+    check_booted_node,
     pe_sections,
     phase_pcr11,
     policy_digest,
+    predicted_pcr11,
     signed_policy_for,
     stub_pcr11,
     uki_pcr11,
+    uki_pcrsig,
 )
 from tests.secureboot import find_tools_tree
 from tests.unit.sbkeys import keys
@@ -57,8 +65,7 @@ def test_signed_uki_prediction_is_the_replayed_boot_and_the_signed_policy(
     assert predicted == uki_pcr11(signed)
     assert len(set(predicted.values())) == len(PHASES)
     assert not (tmp_path / "pcr11").exists()
-    sections = pe_sections(signed.read_bytes())
-    pcrsig = json.loads(sections[".pcrsig"].rstrip(b"\0"))
+    pcrsig = uki_pcrsig(signed)
     public = (keys / "pcr-public.pem").read_bytes()
     for phase, value in predicted.items():
         entry = signed_policy_for(pcrsig, public, value)
@@ -100,3 +107,39 @@ def test_stub_replay_skips_absent_and_empty_sections() -> None:
     # the stub's order, not the file's
     a = stub_pcr11({".cmdline": b"ro", ".linux": b"kernel"})
     assert a == stub_pcr11({".linux": b"kernel", ".cmdline": b"ro"})
+
+
+def fake_node(pcr: str, words: list[str]) -> dict[str, str]:
+    """What a node answers: its phase units, event log and PCR 11 (sysfs: upper-case)."""
+    log = (
+        "".join(
+            "\x1e"
+            + json.dumps({"pcr": PCR, "content_type": "systemd", "content": {"string": w}})
+            + "\n"
+            for w in words
+        )
+        + "\x1e"
+        + json.dumps({"pcr": 15, "content": {"string": "machine-id:x"}})
+        + "\n"
+    )
+    return {
+        f"systemctl is-active {' '.join(ROOT_PHASE_UNITS)}": "active\nactive\n",
+        f"cat {MEASURE_LOG}": log,
+        f"cat {NODE_PCR11}": pcr.upper() + "\n",
+    }
+
+
+def test_booted_node_check_compares_the_node_with_the_manifest(tmp_path: Path) -> None:
+    base = stub_pcr11({".linux": b"kernel", ".cmdline": b"ro"})
+    predicted = {phase: phase_pcr11(base, phase).hex() for phase in PHASES}
+    (tmp_path / "manifest.json").write_text(json.dumps({"secure_boot": {"pcr11": predicted}}))
+    final = predicted[FINAL_PHASE]
+    assert predicted_pcr11(tmp_path) == final
+    node = fake_node(final, PHASE_WORDS)
+    assert check_booted_node(node.__getitem__, tmp_path) == final
+    early = fake_node(predicted[PHASES[1]], PHASE_WORDS[:2])
+    with pytest.raises(AssertionError, match="phase measurements"):
+        check_booted_node(early.__getitem__, tmp_path)
+    other = fake_node(phase_pcr11(base, "shutdown").hex(), PHASE_WORDS)
+    with pytest.raises(AssertionError, match="predicted"):
+        check_booted_node(other.__getitem__, tmp_path)
