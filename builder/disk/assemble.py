@@ -13,6 +13,7 @@ from typing import Any
 from builder.build.artifacts import sha256_file
 from builder.disk.esp import SD_BOOT, build_esp, uki_filename
 from builder.disk.gpt import ESP_SIZE, assemble_disk, convert_qcow2, plan_layout
+from builder.disk.measure import predict_pcr11
 from builder.disk.payload import build_payload
 from builder.disk.sign import sign_pe
 from builder.disk.slot import (
@@ -56,6 +57,9 @@ def assemble_image(
 
     With a signer, systemd-boot and the UKI are signed with db before they go into the ESP, and
     the payload carries that same signed UKI file.
+    The record's secure_boot.pcr11 is PCR 11 (sha256) predicted after each boot phase for the
+    UKI as shipped, signed or not: what a node with a TPM reads once systemd-pcrphase has
+    measured that phase.
     """
     tree = work / "tree"
     with step("Unpack root tree"):
@@ -71,6 +75,7 @@ def assemble_image(
         initrd = compress_initrd(tools, initrd)
         uki_path = work / "uki" / f"{name}.efi"
         uki = build_uki(tools, tree, kernel, initrd, kver, cmdline, uki_path, signer)
+        pcr11 = predict_pcr11(tools, uki, work / "pcr11")
         boot = tree / SD_BOOT
         if signer is not None:
             boot = sign_pe(tools, signer, boot, work / "boot-efi" / boot.name)
@@ -101,7 +106,7 @@ def assemble_image(
             "erofs_uuid": slot.erofs_uuid, "verity_uuid": slot.verity_uuid,
         },
         "payload": payload,
-        "secure_boot": signer.record() if signer else {"signed": False},
+        "secure_boot": {**(signer.record() if signer else {"signed": False}), "pcr11": pcr11},
         "source_date_epoch": epoch,
     }  # fmt: skip
     return Assembly(record, {"raw": raw, "qcow2": qcow2, "payload": payload_dir / "payload.json"})

@@ -18,6 +18,7 @@ from builder.disk.uki import STUB, build_uki
 from builder.errors import HostbuildError
 from builder.keys.secureboot import Signer, prepare_signer
 from builder.profile.load import load_profile
+from tests.measured import uki_pcr11
 from tests.secureboot import find_tools_tree, secure_profile, signing_keys
 from tests.unit.sbkeys import keys, other_keys
 
@@ -138,7 +139,9 @@ def test_assembly_signs_the_boot_chain_and_the_payload_carries_the_signed_uki(
     staging.mkdir()
     name, version = "secure-0.1.0-1", "0.1.0-1"
     assembly = assemble_image(profile, name, version, tar, work, staging, tools, 0, signer)
-    assert signer is not None and assembly.record["secure_boot"] == signer.record()
+    assert signer is not None
+    record = assembly.record["secure_boot"]
+    assert {k: v for k, v in record.items() if k != "pcr11"} == signer.record()
     esp = work / "esp.img"
     got = tmp_path / "got"
     got.mkdir()
@@ -159,6 +162,8 @@ def test_assembly_signs_the_boot_chain_and_the_payload_carries_the_signed_uki(
     assert payload_uki == (got / uki_name).read_bytes()
     assert assembly.record["uki"]["sha256"] == entry["sha256"]
     assert sbverify(tools, keys / "db.crt", got / "payload-uki.efi") == 0
+    # the predicted PCR 11 values are those of the signed UKI the ESP and the payload carry
+    assert record["pcr11"] == uki_pcr11(got / "payload-uki.efi")
 
 
 def test_unsigned_assembly_is_unsigned(tools: ToolsTree, keys: Path, tmp_path: Path) -> None:
@@ -168,6 +173,11 @@ def test_unsigned_assembly_is_unsigned(tools: ToolsTree, keys: Path, tmp_path: P
     staging.mkdir()
     assembly = assemble_image(profile, "worker-0.1.0-1", "0.1.0-1", tar, tmp_path / "work",
                               staging, tools, 0)  # fmt: skip
-    assert assembly.record["secure_boot"] == {"signed": False}
+    assert assembly.record["secure_boot"]["signed"] is False
+    uki_name = assembly.record["uki"]["file"]
+    uki = esp_file(
+        tools, tmp_path / "work" / "esp.img", f"EFI/Linux/{uki_name}", tmp_path / "u.efi"
+    )
+    assert assembly.record["secure_boot"]["pcr11"] == uki_pcr11(uki)
     got = esp_file(tools, tmp_path / "work" / "esp.img", "EFI/BOOT/BOOTX64.EFI", tmp_path / "b.efi")
     assert got.read_bytes() == tools.path(SYSTEMD_BOOT_EFI).read_bytes()
