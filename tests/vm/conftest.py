@@ -11,6 +11,7 @@ import pytest
 from builder.build.apt import host_mirrors
 from builder.build.toolstree import ToolsTree, ensure_tools_tree, host_is_new_enough
 from tests.conftest import skip_marked
+from tests.secureboot import make_keyset
 from tests.vm.image import BuiltImage, SshKey, build_standin_image, make_ssh_key
 from tests.vm.updaterepo import UpdateRepo, make_repo
 
@@ -58,10 +59,20 @@ def update_repo(tmp_path_factory: pytest.TempPathFactory) -> UpdateRepo:
 
 
 @pytest.fixture(scope="session")
-def image(tmp_path_factory: pytest.TempPathFactory, update_repo: UpdateRepo) -> BuiltImage:
+def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's Secure Boot key set (PK, KEK, db and the PCR key pair; keys init)."""
+    return make_keyset(tmp_path_factory.mktemp("fleet-keys") / "keys", "hostbuild VM tests")
+
+
+@pytest.fixture(scope="session")
+def image(
+    tmp_path_factory: pytest.TempPathFactory, update_repo: UpdateRepo, fleet_keys: Path
+) -> BuiltImage:
     """The stand-in worker image, built once per test run (or HOSTBUILD_TEST_IMAGE_DIR), which
-    trusts the session's update repository."""
-    return build_standin_image(cache_dir(), tmp_path_factory.mktemp("image"), update_repo.root)
+    trusts the session's update repository, signed with the session's keys: a signed image
+    boots as any other with Secure Boot off; tests/vm/test_secure_boot.py turns it on."""
+    work = tmp_path_factory.mktemp("image")
+    return build_standin_image(cache_dir(), work, update_repo.root, fleet_keys)
 
 
 @pytest.fixture(scope="session")

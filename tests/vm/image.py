@@ -19,21 +19,30 @@ from builder.cli import cli
 from builder.run import run
 from builder.vm.qemu import Vm, VmConfig, boot_vm
 from tests.reproducible import BuiltImage as BuiltImage  # one definition, re-exported
+from tests.secureboot import secure_profile
 from tests.standin import PROFILE, make_mirror
 
 
-def build_standin_image(cache: Path, work: Path, update_root: Path | None = None) -> BuiltImage:
+def build_standin_image(
+    cache: Path, work: Path, update_root: Path | None = None, keys: Path | None = None
+) -> BuiltImage:
     """`hostbuild image` of the stand-in worker (or HOSTBUILD_TEST_IMAGE_DIR, already built),
-    trusting the update repository of `update_root`."""
+    trusting the update repository of `update_root`; with a key set (`hostbuild keys init`), a
+    secure-boot build signed with it (a profile of the same name extending the stand-in's)."""
     if existing := os.environ.get("HOSTBUILD_TEST_IMAGE_DIR"):
         output = Path(existing)
     else:
         mirror = make_mirror(work / "mirror")
         output = work / "image"
+        profile, signing = PROFILE, []
+        if keys is not None:
+            profile = secure_profile(work / "profile", keys, extends=PROFILE, name=PROFILE.stem)
+            signing = ["--db-key", os.fspath(keys / "db.key"),
+                       "--pcr-key", os.fspath(keys / "pcr-private.pem")]  # fmt: skip
         result = CliRunner().invoke(cli, [
-            "--cache-dir", os.fspath(cache), "image", "--profile", os.fspath(PROFILE),
+            "--cache-dir", os.fspath(cache), "image", "--profile", os.fspath(profile),
             "--output", os.fspath(output), "--artifact-mirror", os.fspath(mirror),
-            "--lock", os.fspath(work / "standin.lock.json"),
+            "--lock", os.fspath(work / "standin.lock.json"), *signing,
             *(["--update-root", os.fspath(update_root)] if update_root else []),
         ], catch_exceptions=False)  # fmt: skip
         assert result.exit_code == 0, result.output
