@@ -21,16 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pefile
+from builder.firmware.varstore import SecureBootKeys, write_variable_store
+from builder.vm.swtpm import SoftwareTpm
 
 from builder.build.apt import host_mirrors
 from builder.build.toolstree import OVMF_VARS, SYSTEMD_BOOT_EFI, ToolsTree, ensure_tools_tree
 from builder.disk.sign import sign_pe, ukify_pcr_options
-from builder.firmware.varstore import SecureBootKeys, write_variable_store
 from builder.keys.secureboot import Signer, build_certificates
 from builder.run import run
-from builder.vm.swtpm import SoftwareTpm
 from tests.benchmark_image import Boot, worker_boots
+from tests.measured import pe_sections
 from tests.vm.conftest import cache_dir
 
 UNITS = ("multi-user.target", "boot-complete.target")
@@ -84,13 +84,10 @@ def signing_times(output: Path, manifest: dict[str, Any], tools: ToolsTree, work
     uki = work / "uki.efi"
     run(["zstd", "-q", "-d", "-f", output / f"{name}.update" / f"{name}.efi.zst", "-o", uki])
     sections = {}
-    pe = pefile.PE(uki)
-    for section in pe.sections:
-        label = section.Name.rstrip(b"\0").decode()
+    for label, body in pe_sections(uki.read_bytes()).items():
         if label in (".linux", ".initrd", ".osrel", ".cmdline"):
             sections[label] = work / f"section{label}"
-            sections[label].write_bytes(section.get_data()[: section.Misc_VirtualSize])
-    pe.close()
+            sections[label].write_bytes(body.rstrip(b"\0") if label != ".linux" else body)
     stub = tools.path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
     boot = tools.path(SYSTEMD_BOOT_EFI)
 

@@ -40,19 +40,28 @@ def extend(pcr: bytes, digest: bytes) -> bytes:
     return hashlib.sha256(pcr + digest).digest()
 
 
-def pe_sections(data: bytes) -> dict[str, bytes]:
-    """A PE file's sections as the firmware loads them: VirtualSize bytes each, zero-filled
-    past the raw data. (The section table only: twelve lines, no PE library needed.)"""
+def pe_section_table(data: bytes) -> dict[str, tuple[int, int, int]]:
+    """A PE file's section table: name -> (file offset, raw size, virtual size). (Twelve lines,
+    no PE library needed.)"""
     (pe,) = struct.unpack_from("<I", data, 0x3C)
     assert data[pe : pe + 4] == b"PE\0\0", "not a PE file"
     (count,) = struct.unpack_from("<H", data, pe + 6)
     (optional_size,) = struct.unpack_from("<H", data, pe + 20)
     table = pe + 24 + optional_size
-    sections = {}
+    found = {}
     for i in range(count):
         name, vsize, _, raw_size, raw_at = struct.unpack_from("<8sIIII", data, table + 40 * i)
+        found[name.rstrip(b"\0").decode()] = (raw_at, raw_size, vsize)
+    return found
+
+
+def pe_sections(data: bytes) -> dict[str, bytes]:
+    """A PE file's sections as the firmware loads them: VirtualSize bytes each, zero-filled
+    past the raw data."""
+    sections = {}
+    for name, (raw_at, raw_size, vsize) in pe_section_table(data).items():
         body = data[raw_at : raw_at + min(vsize, raw_size)]
-        sections[name.rstrip(b"\0").decode()] = body + bytes(vsize - len(body))
+        sections[name] = body + bytes(vsize - len(body))
     return sections
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import testinfra
 from click.testing import CliRunner
@@ -83,11 +84,13 @@ def ssh_config(path: Path, port: int, key: SshKey) -> Path:
 
 @contextmanager
 def booted(
-    image: Path, tools: ToolsTree, work: Path, key: SshKey | None, timeout: float = 300.0
-) -> Iterator[Vm]:
-    """Boot `image` with root's SSH key as a systemd credential; wait until SSH answers."""
+    image: Path, tools: ToolsTree, work: Path, key: SshKey | None, timeout: float = 300.0,
+    **vm: Any,
+) -> Iterator[Vm]:  # fmt: skip
+    """Boot `image` with root's SSH key as a systemd credential; wait until SSH answers. `vm`:
+    more VmConfig fields (secure_boot_vars, tpm)."""
     credentials = {"ssh.authorized_keys.root": key.public.encode()} if key else {}
-    config = VmConfig(image=image, credentials=credentials, serial_log=work / "serial.log")
+    config = VmConfig(image=image, credentials=credentials, serial_log=work / "serial.log", **vm)
     with boot_vm(config, tools, work) as vm:
         if key is not None:
             vm.wait_for_ssh(timeout)

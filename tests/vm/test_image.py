@@ -1,7 +1,11 @@
 """Boot the stand-in worker image under QEMU and check it with testinfra over SSH.
 
-The tests with VMs of their own run first; then one VM is shared by the read-only checks, and
-the reboot and boot-counting checks run last on the same VM.
+The tests with VMs of their own run first. Then one VM is shared by the read-only checks, and
+the reboot and boot-counting checks run last on the same VM: a node as a fleet runs it, with
+Secure Boot on (OVMF's Secure Boot firmware, the session's PK, KEK and db enrolled; the session's
+image is signed with them) and a TPM (swtpm). There, too, three newer UKIs with one try each (no
+signature, another fleet's db, the image's own with one byte of its command line changed) are
+refused by the firmware and boot counting falls back to the good entry in one reboot.
 """
 
 from __future__ import annotations
@@ -14,11 +18,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from builder.vm.swtpm import SoftwareTpm
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from builder.build.toolstree import ToolsTree
+from builder.keys.secureboot import build_certificates
 from builder.run import run
 from builder.vm.qemu import VmConfig, boot_vm
 from builder.vm.vmtest import run_smoke
+from tests.measured import check_booted_node, uki_pcrsig
+from tests.secureboot import make_keyset
 from tests.vm.image import (
     BuiltImage,
     Node,
@@ -29,6 +39,16 @@ from tests.vm.image import (
     tampered_copy,
 )
 from tests.vm.oci import IMAGE_NAME, build_oci_archive
+from tests.vm.secure import (
+    EFI_GLOBAL,
+    EFI_IMAGE_SECURITY,
+    altered,
+    efivar,
+    enrolled_store,
+    signed,
+    signed_uki,
+)
+from tests.vm.updatenode import wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -39,8 +59,10 @@ BUSYBOX = Path("/bin/busybox")
 def node(
     image: BuiltImage, key: SshKey, tools_tree: ToolsTree, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Node]:
+    """The shared VM: Secure Boot with the session's keys, and a software TPM."""
     work = tmp_path_factory.mktemp("vm")
-    with booted(image.raw, tools_tree, work, key) as vm:
+    store = enrolled_store(image, tools_tree, work / "secure-boot-vars.fd")
+    with booted(image.raw, tools_tree, work, key, secure_boot_vars=store, tpm=SoftwareTpm()) as vm:
         yield Node(vm, ssh_config(work / "ssh_config", vm.ssh_port, key))
 
 
@@ -182,6 +204,33 @@ def test_health_gate_passed(node: Node) -> None:
     assert health["checks"]["containerd"] is None
 
 
+def test_secure_boot_is_on_with_the_fleet_keys(node: Node, image: BuiltImage) -> None:
+    assert re.search(r"Secure Boot: enabled \(user\)", node.sh("bootctl status --no-pager"))
+    assert efivar(node, f"SecureBoot-{EFI_GLOBAL}") == b"\x01"
+    assert efivar(node, f"SetupMode-{EFI_GLOBAL}") == b"\x00"
+    certificates = build_certificates(image.output, image.manifest)
+    assert certificates is not None
+    # the firmware's db holds the session's db certificate (DER, in an EFI signature list)
+    db = x509.load_pem_x509_certificate(certificates.db.read_bytes())
+    assert db.public_bytes(serialization.Encoding.DER) in efivar(node, f"db-{EFI_IMAGE_SECURITY}")
+    report = json.loads(node.sh("hostbuild-node status --json"))
+    assert report["secure_boot"]["enabled"] is True, report["secure_boot"]
+
+
+def test_pcr_11_is_what_the_build_predicted_and_signed(
+    node: Node, image: BuiltImage, tmp_path: Path
+) -> None:
+    """The boot phases measured into PCR 11 (initrd and root), its value the manifest's
+    prediction, and one of the UKI's signed policies is for that value (so a secret sealed to
+    the build's PCR key unseals on this node, in this phase)."""
+    node.wait_for("systemctl is-active systemd-pcrphase.service")
+    value = check_booted_node(
+        node.sh, image.output, uki_pcrsig(signed_uki(image, tmp_path / "uki.efi"))
+    )
+    report = json.loads(node.sh("hostbuild-node status --json"))
+    assert report["tpm"]["pcrs"]["11"].lower() == value, report["tpm"]
+
+
 def test_kernel_meets_kubernetes_node_requirements(node: Node) -> None:
     assert node.sh("stat -fc %T /sys/fs/cgroup").strip() == "cgroup2fs"
     controllers = node.sh("cat /sys/fs/cgroup/cgroup.controllers").split()
@@ -238,13 +287,14 @@ def reboot_into_newer_entry(node: Node, uki: Path, name: str) -> Callable[[], li
 
 
 def test_boot_counting_falls_back_when_the_health_gate_fails(
-    node: Node, image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path
+    node: Node, image: BuiltImage, tools_tree: ToolsTree, fleet_keys: Path, tmp_path: Path
 ) -> None:
     """A newer UKI (+1 try) whose boot fails the health gate: the previous entry boots again."""
     cmdline = image.manifest["kernel"]["cmdline"]
     # containerd never starts, so the gate fails at its (shortened) deadline and reboots
     bad_cmdline = f"{cmdline} systemd.mask=containerd.service hostbuild.health_deadline=20"
     bad = build_uki_variant(image, tools_tree, tmp_path, "9.9.9-1", bad_cmdline)
+    signed(tools_tree, fleet_keys, bad)  # Secure Boot lets it start: it fails later
     entries = reboot_into_newer_entry(node, bad, f"{image.manifest['profile']}_9.9.9-1")
     node.vm.wait_for_serial(r"hostbuild-health: checking \(deadline 20 s\)", 300)
     node.vm.wait_for_serial(r"hostbuild-health: UNHEALTHY: containerd", 300)
@@ -258,7 +308,7 @@ def test_boot_counting_falls_back_when_the_health_gate_fails(
 
 
 def test_a_failing_initrd_reboots_and_falls_back(
-    node: Node, image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path
+    node: Node, image: BuiltImage, tools_tree: ToolsTree, fleet_keys: Path, tmp_path: Path
 ) -> None:
     """A newer UKI whose root partition never appears: a reboot (no shell), the old entry."""
     cmdline = image.manifest["kernel"]["cmdline"]
@@ -268,6 +318,7 @@ def test_a_failing_initrd_reboots_and_falls_back(
     bad_cmdline = re.sub(r"roothash=\S+", f"roothash={bogus}", cmdline)
     bad = build_uki_variant(image, tools_tree, tmp_path, "9.9.9-2",
                             f"{bad_cmdline} rd.systemd.default_device_timeout_sec=10")  # fmt: skip
+    signed(tools_tree, fleet_keys, bad)
     entries = reboot_into_newer_entry(node, bad, f"{image.manifest['profile']}_9.9.9-2")
     node.vm.wait_for_serial(r"hostbuild: the initrd failed", 300)
     time.sleep(10)
@@ -275,3 +326,38 @@ def test_a_failing_initrd_reboots_and_falls_back(
     node.wait_for("systemctl is-active multi-user.target")
     assert entries() == ["9.9.9-2+0-1"]  # tried once, no tries left: bad
     assert bogus not in node.sh("cat /proc/cmdline")
+
+
+def test_unsigned_foreign_and_altered_ukis_are_refused_and_the_good_entry_boots(
+    node: Node, image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path
+) -> None:
+    """Three newer entries with one try each; systemd-boot takes them newest first, the firmware
+    refuses each (LoadImage: access denied), and the blessed entry boots in the same reboot."""
+    profile, version = image.manifest["profile"], image.manifest["version"]
+    cmdline = image.manifest["kernel"]["cmdline"]
+    unsigned = build_uki_variant(image, tools_tree, tmp_path / "unsigned", "9.9.9-3", cmdline)
+    other_fleet = make_keyset(tmp_path / "other-fleet", "another fleet")
+    foreign = build_uki_variant(image, tools_tree, tmp_path / "foreign", "9.9.9-4", cmdline)
+    signed(tools_tree, other_fleet, foreign)
+    # its own version, so it sorts below the other two; its id above the good entry's
+    changed = altered(signed_uki(image, tmp_path / "signed.efi"), tmp_path / "altered.efi")
+    bad = {"9.9.9-3": unsigned, "9.9.9-4": foreign, "9.9.9-5": changed}
+    linux = node.sh("bootctl --print-esp-path").strip() + "/EFI/Linux"
+    node.wait_for(f"test ! -e {COUNTING} || systemctl is-active systemd-bless-boot.service")
+    before = sorted(node.sh(f"ls {linux}").split())
+    for bad_version, uki in bad.items():
+        run(["scp", "-F", node.config, "-q", uki, f"vm:{linux}/{profile}_{bad_version}+1.efi"])
+    node.sh("sync")
+    node.host.run("systemctl reboot")
+    refused = re.compile(
+        r"Error loading \\EFI\\Linux\\\S+_9\.9\.9-[345]\+0-1\.efi: (Access denied|Security)", re.I
+    )
+    wait_until(lambda: len(refused.findall(node.vm.serial_text())) >= len(bad), 400,
+               "three refused entries on the serial console")  # fmt: skip
+    time.sleep(10)
+    node.vm.wait_for_ssh(400)
+    node.wait_for("systemctl is-active multi-user.target")
+    after = sorted(node.sh(f"ls {linux}").split())
+    # each tried once and refused (no tries left); the others as they were
+    assert after == sorted(before + [f"{profile}_{v}+0-1.efi" for v in bad]), after
+    assert f"IMAGE_VERSION={version}" in node.sh("cat /usr/lib/os-release")
