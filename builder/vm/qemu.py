@@ -23,7 +23,7 @@ from typing import Any
 
 from builder.build.toolstree import OVMF_VARS, ToolsTree
 from builder.log import step
-from builder.run import Spawned, spawn
+from builder.run import Spawned, pid_alive, spawn
 from builder.vm.errors import VmError as VmError  # callers catch it with the harness
 from builder.vm.machine import Accelerator as Accelerator  # callers name it with VmConfig
 from builder.vm.machine import Machine, display, find_firmware, load_machine, with_option
@@ -443,11 +443,11 @@ class Vm:
             self._qmp = None
         # bwrap kills QEMU when it dies (--die-with-parent); make sure anyway.
         qemu = self.qemu_pid
-        if qemu is not None and _alive(qemu):
+        if qemu is not None and pid_alive(qemu):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(qemu, signal.SIGKILL)
             deadline = time.monotonic() + STOP_TIMEOUT
-            while _alive(qemu) and time.monotonic() < deadline:
+            while pid_alive(qemu) and time.monotonic() < deadline:
                 time.sleep(0.1)
 
     def _serial_error(self, what: str, timeout: float) -> VmError:
@@ -464,12 +464,3 @@ class Vm:
             hint=f"the full console is in {self.serial_log}, QEMU's messages in "
             f"{self._files.output}",
         )
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` still runs (a zombie has finished)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
