@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import struct
 import uuid
 from pathlib import Path
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from builder.firmware.varstore import SecureBootKeys
+from builder.firmware.varstore import SecureBootKeys, write_variable_store
 
 NV_DATA = uuid.UUID("fff12b8d-7696-4c8b-a985-2747075b4f50")  # edk2's NV variable volume
 AUTH_VARS = uuid.UUID("aaf32c78-947b-439a-a180-2e144ec37792")  # authenticated variable store
@@ -57,3 +58,20 @@ def empty_edk2_store(path: Path, size: int = 0x40000) -> Path:
     volume += AUTH_VARS.bytes_le + struct.pack("<LBBHL", store_size, 0x5A, 0xFE, 0, 0)
     path.write_bytes(volume + b"\xff" * (size - len(volume)))
     return path
+
+
+def mark_signed(build: Path) -> Path:
+    """Make a build's manifest say its UKIs are signed for Secure Boot (as the image build
+    records it; the certificate fingerprints here are placeholders)."""
+    path = build / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["secure_boot"] = {"signed": True, "certificates": {"db": ["sha256:00"]}}
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return build
+
+
+def make_uefi_data(directory: Path) -> Path:
+    """An AWS UefiData file with throw-away keys, written by virt-firmware."""
+    keys = make_keys(directory / "keys")
+    write_variable_store(keys, directory / "no-template", aws_output=directory / "uefi-data.b64")
+    return directory / "uefi-data.b64"

@@ -11,6 +11,7 @@ from typing import Any
 
 from builder.build.manifest import MANIFEST
 from builder.errors import HostbuildError
+from builder.firmware.varstore import read_uefi_data
 
 GIB = 1024**3
 # partition-region-number, e.g. eu-west-1, us-gov-west-1, ap-southeast-5
@@ -32,6 +33,7 @@ class Image:
     raw_bytes: int
     sha256: str  # digest of the raw image: ClientTokens and tags derive from it
     architecture: str  # EC2 spelling
+    secure_boot: bool = False  # the manifest's secure_boot.signed: its UKIs are signed with db
 
     @property
     def volume_gib(self) -> int:
@@ -69,6 +71,9 @@ class PublishRequest:
     dry_run: bool = False
     progress: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # The AMI's UEFI variable store (base64, from `hostbuild firmware vars --aws-output`): EC2
+    # instances then enforce Secure Boot with its PK, KEK and db; None for unsigned images
+    uefi_data: str | None = None
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -90,7 +95,8 @@ def load_image(directory: Path) -> Image:
         raw_entry = manifest["outputs"][f"{name}.raw"]
         raw_bytes, sha256 = int(raw_entry["bytes"]), str(raw_entry["sha256"])
         profile, version, arch = manifest["profile"], manifest["version"], manifest["arch"]
-    except (ValueError, KeyError, TypeError) as e:
+        secure_boot = (manifest.get("secure_boot") or {}).get("signed") is True
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise HostbuildError(
             f"{path}: not a manifest of 'hostbuild image' ({type(e).__name__}: {e})",
             hint="it needs name, profile, version, arch and outputs.NAME.raw.{bytes,sha256}",
@@ -107,7 +113,7 @@ def load_image(directory: Path) -> Image:
             hint="the raw image changed after the build; rebuild it",
         )
     return Image(directory, raw, name, str(profile), str(version), raw_bytes, sha256,
-                 ARCHITECTURES[arch])  # fmt: skip
+                 ARCHITECTURES[arch], secure_boot)  # fmt: skip
 
 
 def split_list(values: tuple[str, ...]) -> list[str]:
@@ -149,6 +155,7 @@ def make_request(
     dry_run: bool = False,
     progress: bool = False,
     timeouts: Timeouts | None = None,
+    uefi_data: Path | None = None,
 ) -> PublishRequest:
     """Validate the options of a publish; every problem is a HostbuildError naming the option."""
     if not region:
@@ -177,8 +184,32 @@ def make_request(
         raise HostbuildError("--promote moves <prefix>/latest/image_id: it needs --ssm-prefix")
     if not 1 <= workers <= 256:
         raise HostbuildError(f"--workers {workers}: allowed are 1 to 256")
+    blob = check_uefi_data(image, uefi_data)
     return PublishRequest(
         image=image, region=region, copy_to=tuple(copies), share=tuple(accounts), public=public,
         ssm_prefix=ssm_prefix, promote=promote, workers=workers, endpoint_url=endpoint_url,
-        dry_run=dry_run, progress=progress, timeouts=timeouts or Timeouts(),
+        dry_run=dry_run, progress=progress, timeouts=timeouts or Timeouts(), uefi_data=blob,
     )  # fmt: skip
+
+
+def check_uefi_data(image: Image, path: Path | None) -> str | None:
+    """The UefiData to register: required for a Secure Boot image, refused for an unsigned one."""
+    manifest = image.directory / MANIFEST
+    if path is None:
+        if image.secure_boot:
+            raise HostbuildError(
+                f"{manifest} says the image is signed for Secure Boot, but no --uefi-data was "
+                "given: EC2 would boot it without the fleet's keys, enforcing nothing",
+                hint="write the variable store with 'hostbuild firmware vars --pk PK.crt "
+                "--kek KEK.crt --db db.crt --aws-output uefi-data.b64' and pass "
+                "--uefi-data uefi-data.b64",
+            )
+        return None
+    if not image.secure_boot:
+        raise HostbuildError(
+            f"--uefi-data enrols Secure Boot keys, but {manifest} has no secure_boot.signed: "
+            "EC2 would refuse to boot its unsigned UKI",
+            hint="build a Secure Boot image (the profile's secure_boot section), or publish "
+            "this one without --uefi-data",
+        )
+    return read_uefi_data(path)
