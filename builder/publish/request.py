@@ -195,13 +195,15 @@ def make_request(
 def check_uefi_data(image: Image, path: Path | None) -> str | None:
     """The UefiData to register: required for a Secure Boot image, refused for an unsigned one."""
     manifest = image.directory / MANIFEST
+    certs = image.directory / "secure-boot"  # where a signed build leaves its certificates
     if path is None:
         if image.secure_boot:
             raise HostbuildError(
                 f"{manifest} says the image is signed for Secure Boot, but no --uefi-data was "
                 "given: EC2 would boot it without the fleet's keys, enforcing nothing",
-                hint="write the variable store with 'hostbuild firmware vars --pk PK.crt "
-                "--kek KEK.crt --db db.crt --aws-output uefi-data.b64' and pass "
+                hint="write the variable store from the certificates the build exported, "
+                f"'hostbuild firmware vars --pk {certs}/PK.crt --kek {certs}/KEK.crt "
+                f"--db {certs}/db.crt --aws-output uefi-data.b64', and pass "
                 "--uefi-data uefi-data.b64",
             )
         return None
