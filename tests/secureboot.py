@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import struct
 import uuid
@@ -60,18 +61,28 @@ def empty_edk2_store(path: Path, size: int = 0x40000) -> Path:
     return path
 
 
-def mark_signed(build: Path) -> Path:
-    """Make a build's manifest say its UKIs are signed for Secure Boot (as the image build
-    records it; the certificate fingerprints here are placeholders)."""
+def fingerprint(path: Path) -> str:
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def mark_signed(build: Path, keys: SecureBootKeys | None = None) -> Path:
+    """Make a build's manifest say its UKIs are signed for Secure Boot, as the image build
+    records it (secure_boot.certificates.{pk,kek,db}.sha256 when `keys` are given)."""
     path = build / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["secure_boot"] = {"signed": True, "certificates": {"db": ["sha256:00"]}}
+    manifest["secure_boot"] = {"signed": True}
+    if keys is not None:
+        manifest["secure_boot"]["certificates"] = {
+            name: {"sha256": fingerprint(cert), "subject": f"CN=test {name}"}
+            for name, cert in (("pk", keys.pk), ("kek", keys.kek[0]), ("db", keys.db[0]))
+        }
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return build
 
 
-def make_uefi_data(directory: Path) -> Path:
-    """An AWS UefiData file with throw-away keys, written by virt-firmware."""
-    keys = make_keys(directory / "keys")
+def make_uefi_data(directory: Path, keys: SecureBootKeys | None = None) -> Path:
+    """An AWS UefiData file enrolling `keys` (default: throw-away ones), by virt-firmware."""
+    keys = keys or make_keys(directory / "keys")
     write_variable_store(keys, directory / "no-template", aws_output=directory / "uefi-data.b64")
     return directory / "uefi-data.b64"

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import logging
 import os
+import struct
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ logger = logging.getLogger(__name__)
 OWNER_GUID = "5f0df05e-e956-42e1-8b40-5b2dd6449ab2"
 # EFI_GLOBAL_VARIABLE: PK, KEK, SecureBoot, SetupMode; db and dbx use EFI_IMAGE_SECURITY_DATABASE
 GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+X509_GUID = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")  # EFI_CERT_X509_GUID entries
 AWS_MAGIC = b"AMZNUEFI"  # the first 8 bytes of a decoded UefiData blob (little-endian magic)
 UEFI_DATA_MAX = 64000  # RegisterImage's limit on UefiData (base64 characters)
 
@@ -155,3 +160,33 @@ def read_uefi_data(path: Path) -> str:
             hint="enrol fewer or smaller certificates",
         )
     return text
+
+
+def read_certificates(store: Path) -> dict[str, list[str]]:
+    """SHA-256 fingerprints (over DER) of the X.509 certificates in PK, KEK and db of an edk2 or
+    AWS store, as virt-firmware reads it back: what a machine booted with it trusts."""
+    argv: list[str | os.PathLike[str]] = [sys.executable, "-m", "virt.firmware.vars",
+                                          "--loglevel", "error", "--input", store,
+                                          "--output-json", "-"]  # fmt: skip
+    variables = {v["name"]: v for v in json.loads(run(argv).stdout)["variables"]}
+    found: dict[str, list[str]] = {}
+    for name in ("PK", "KEK", "db"):
+        data = bytes.fromhex(variables[name]["data"]) if name in variables else b""
+        found[name] = [hashlib.sha256(der).hexdigest() for der in x509_entries(data)]
+    return found
+
+
+def x509_entries(data: bytes) -> list[bytes]:
+    """The DER certificates of an EFI_SIGNATURE_LIST sequence (hash entries are skipped)."""
+    entries, offset = [], 0
+    while offset + 28 <= len(data):
+        kind = uuid.UUID(bytes_le=data[offset : offset + 16])
+        list_size, header_size, entry_size = struct.unpack_from("<LLL", data, offset + 16)
+        if list_size < 28 or entry_size <= 16:
+            break  # malformed: nothing more can be read safely
+        at = offset + 28 + header_size
+        while kind == X509_GUID and at + entry_size <= offset + list_size:
+            entries.append(data[at + 16 : at + entry_size])  # past the owner GUID
+            at += entry_size
+        offset += list_size
+    return entries

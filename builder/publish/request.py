@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from builder.build.manifest import MANIFEST
 from builder.errors import HostbuildError
-from builder.firmware.varstore import read_uefi_data
+from builder.firmware.varstore import read_certificates, read_uefi_data
 
 GIB = 1024**3
 # partition-region-number, e.g. eu-west-1, us-gov-west-1, ap-southeast-5
@@ -19,6 +20,8 @@ REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")
 ACCOUNT_RE = re.compile(r"^\d{12}\Z")
 SSM_PREFIX_RE = re.compile(r"^(/[A-Za-z0-9_.\-]+)+\Z")
 ARCHITECTURES = {"amd64": "x86_64"}
+# manifest secure_boot.certificates key -> the UEFI variable that must hold that certificate
+SIGNED_BY = {"pk": "PK", "kek": "KEK", "db": "db"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class Image:
     sha256: str  # digest of the raw image: ClientTokens and tags derive from it
     architecture: str  # EC2 spelling
     secure_boot: bool = False  # the manifest's secure_boot.signed: its UKIs are signed with db
+    # The manifest's secure_boot.certificates fingerprints: {"pk"|"kek"|"db": sha256 hex}
+    certificates: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def volume_gib(self) -> int:
@@ -95,7 +100,10 @@ def load_image(directory: Path) -> Image:
         raw_entry = manifest["outputs"][f"{name}.raw"]
         raw_bytes, sha256 = int(raw_entry["bytes"]), str(raw_entry["sha256"])
         profile, version, arch = manifest["profile"], manifest["version"], manifest["arch"]
-        secure_boot = (manifest.get("secure_boot") or {}).get("signed") is True
+        record = manifest.get("secure_boot") or {}
+        secure_boot = record.get("signed") is True
+        certificates = {key: str(value["sha256"]) for key, value in
+                        (record.get("certificates") or {}).items() if key in SIGNED_BY}  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise HostbuildError(
             f"{path}: not a manifest of 'hostbuild image' ({type(e).__name__}: {e})",
@@ -113,7 +121,7 @@ def load_image(directory: Path) -> Image:
             hint="the raw image changed after the build; rebuild it",
         )
     return Image(directory, raw, name, str(profile), str(version), raw_bytes, sha256,
-                 ARCHITECTURES[arch], secure_boot)  # fmt: skip
+                 ARCHITECTURES[arch], secure_boot, certificates)  # fmt: skip
 
 
 def split_list(values: tuple[str, ...]) -> list[str]:
@@ -214,4 +222,17 @@ def check_uefi_data(image: Image, path: Path | None) -> str | None:
             hint="build a Secure Boot image (the profile's secure_boot section), or publish "
             "this one without --uefi-data",
         )
-    return read_uefi_data(path)
+    blob = read_uefi_data(path)
+    if image.certificates:
+        held = read_certificates(path)
+        for key, fingerprint in sorted(image.certificates.items()):
+            variable = SIGNED_BY[key]
+            if fingerprint not in held[variable]:
+                raise HostbuildError(
+                    f"--uefi-data {str(path)!r}: its {variable} does not hold the certificate "
+                    f"the build recorded ({manifest}: secure_boot.certificates.{key}.sha256 "
+                    f"{fingerprint})",
+                    hint=f"an instance would not trust this build's UKIs; write the store from "
+                    f"the build's own certificates in {certs}/",
+                )
+    return blob

@@ -47,7 +47,7 @@ from tests.awsmock import (
     reset_moto,
 )
 from tests.conftest import Cli
-from tests.secureboot import make_uefi_data, mark_signed
+from tests.secureboot import make_keys, make_uefi_data, mark_signed
 
 SOURCE, COPIES = "eu-west-1", ("us-east-1", "eu-central-1")
 ACCOUNT = "111122223333"
@@ -351,7 +351,8 @@ def test_a_secure_boot_image_is_registered_with_its_variable_store(
     """The whole flow with --uefi-data: the RegisterImage that reaches the server carries the
     store and BootMode uefi. moto drops UefiData (it keeps only Name and Description), so what
     the server was sent is checked, not what it describes afterwards."""
-    uefi_data = make_uefi_data(tmp_path / "sb")
+    keys = make_keys(tmp_path / "keys")
+    uefi_data = make_uefi_data(tmp_path / "sb", keys)
     counter = Counter()
     clients = counter.clients(aws)
     sent: list[dict[str, list[str]]] = []
@@ -361,7 +362,7 @@ def test_a_secure_boot_image_is_registered_with_its_variable_store(
         sent.append(urllib.parse.parse_qs(body.decode() if isinstance(body, bytes) else body))
 
     clients.ec2(SOURCE).meta.events.register("before-send.ec2.RegisterImage", record)
-    result = publish(mark_signed(build), aws, clients, uefi_data=uefi_data)
+    result = publish(mark_signed(build, keys), aws, clients, uefi_data=uefi_data)
     [params] = sent
     assert params["UefiData"] == [uefi_data.read_text().strip()]
     assert (params["BootMode"], params["TpmSupport"]) == (["uefi"], ["v2.0"])

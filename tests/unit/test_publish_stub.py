@@ -18,6 +18,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from builder.errors import HostbuildError
+from builder.firmware.varstore import SecureBootKeys
 from builder.publish import ami, share, ssm
 from builder.publish.aws import publish_ami
 from builder.publish.clients import Clients, aws_errors
@@ -25,7 +26,7 @@ from builder.publish.request import Image, Timeouts, load_image, make_request
 from builder.publish.snapshot import ensure_snapshot
 from builder.publish.state import PublishState
 from tests.awsmock import BLOCK, MIB, fake_credentials, make_build, pattern
-from tests.secureboot import make_uefi_data, mark_signed
+from tests.secureboot import fingerprint, make_keys, make_uefi_data, mark_signed
 
 REGION = "eu-west-1"
 FAST = Timeouts(snapshot=0.2, image=0.2, parameter=0.2, poll=0.05)
@@ -269,8 +270,9 @@ def test_interrupted_completion_is_sent_again_then_awaited(aws: Stubbed, build: 
 def test_a_secure_boot_image_registers_with_its_uefi_data(
     aws: Stubbed, build: Path, tmp_path: Path
 ) -> None:
-    uefi_data = make_uefi_data(tmp_path / "sb")
-    request = make_request(load_image(mark_signed(build)), REGION, uefi_data=uefi_data)
+    keys = make_keys(tmp_path / "keys")
+    uefi_data = make_uefi_data(tmp_path / "sb", keys)
+    request = make_request(load_image(mark_signed(build, keys)), REGION, uefi_data=uefi_data)
     blob = uefi_data.read_text().strip()
     assert request.uefi_data == blob
     image = request.image
@@ -315,6 +317,27 @@ def test_an_unsigned_image_takes_no_uefi_data(build: Path, tmp_path: Path) -> No
     uefi_data = make_uefi_data(tmp_path / "sb")
     with pytest.raises(HostbuildError, match="has no secure_boot.signed: EC2 would refuse"):
         make_request(load_image(build), REGION, uefi_data=uefi_data)
+
+
+def test_uefi_data_must_hold_the_certificates_the_build_was_signed_for(
+    build: Path, tmp_path: Path
+) -> None:
+    ours, theirs = make_keys(tmp_path / "ours"), make_keys(tmp_path / "theirs")
+    other = make_uefi_data(tmp_path / "other", theirs)
+    image = load_image(mark_signed(build, ours))
+    assert image.certificates == {"pk": fingerprint(ours.pk), "kek": fingerprint(ours.kek[0]),
+                                  "db": fingerprint(ours.db[0])}  # fmt: skip
+    with pytest.raises(HostbuildError) as e:
+        make_request(image, REGION, uefi_data=other)
+    assert e.value.message == (
+        f"--uefi-data {str(other)!r}: its db does not hold the certificate the build recorded "
+        f"({build}/manifest.json: secure_boot.certificates.db.sha256 {fingerprint(ours.db[0])})"
+    )
+    # the same PK and KEK, another db: still refused, by db
+    mixed = SecureBootKeys(ours.pk, ours.kek, theirs.db)
+    with pytest.raises(HostbuildError, match="its db does not hold"):
+        make_request(image, REGION, uefi_data=make_uefi_data(tmp_path / "mixed", mixed))
+    assert make_request(image, REGION, uefi_data=make_uefi_data(tmp_path / "ok", ours)).uefi_data
 
 
 def test_uefi_data_must_be_an_aws_store(build: Path, tmp_path: Path) -> None:

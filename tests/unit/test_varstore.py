@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import struct
 import sys
@@ -19,6 +20,7 @@ from builder.firmware.varstore import (
     OWNER_GUID,
     SecureBootKeys,
     load_certificate,
+    read_certificates,
     read_uefi_data,
     write_variable_store,
 )
@@ -96,6 +98,24 @@ def test_the_store_holds_our_keys_with_secure_boot_on(tmp_path: Path, template: 
     check_enrolled(read_back(aws), keys)
     assert base64.b64decode(aws.read_text()).startswith(b"AMZNUEFI")
     assert read_uefi_data(aws) == aws.read_text().strip()
+
+
+def test_read_certificates_gives_each_variables_fingerprints(tmp_path: Path) -> None:
+    keys = make_keys(tmp_path / "keys", db=2)
+    store, aws = tmp_path / "vars.fd", tmp_path / "uefi-data.b64"
+    write_variable_store(keys, empty_edk2_store(tmp_path / "e.fd"), store, aws)
+    expected = {
+        "PK": [sha256(der(keys.pk))], "KEK": [sha256(der(keys.kek[0]))],
+        "db": [sha256(der(p)) for p in keys.db],
+    }  # fmt: skip
+    assert read_certificates(store) == read_certificates(aws) == expected
+    assert read_certificates(empty_edk2_store(tmp_path / "empty.fd")) == {
+        "PK": [], "KEK": [], "db": [],
+    }  # fmt: skip
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_the_same_keys_make_the_same_bytes(tmp_path: Path) -> None:
