@@ -132,7 +132,7 @@ class VmFiles:
         files.serial_log.parent.mkdir(parents=True, exist_ok=True)
         if len(os.fsencode(files.swtpm_socket)) > SOCKET_PATH_MAX:  # the longest socket name
             raise VmError(
-                f"the VM work directory {workdir} is too deep for a QMP socket path "
+                f"the VM work directory {workdir} is too deep for the QMP and swtpm socket paths "
                 f"(at most {SOCKET_PATH_MAX} bytes)",
                 hint="use a shorter cache or work directory",
             )

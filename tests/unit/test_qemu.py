@@ -310,7 +310,7 @@ def test_serial_log_elsewhere(tmp_path: Path) -> None:
 
 
 def test_too_deep_workdir_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(VmError, match="too deep for a QMP socket"):
+    with pytest.raises(VmError, match="too deep for the QMP and swtpm socket paths"):
         VmFiles.create(tmp_path / ("d" * 120))
 
 
