@@ -153,3 +153,13 @@ def spawn(
             stderr=subprocess.STDOUT,
         )
     return Spawned(args, proc)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie has finished): for processes a tool forked
+    away from the one `spawn` started, e.g. the QEMU or swtpm behind bwrap, known by a pidfile."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"

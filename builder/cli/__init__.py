@@ -19,6 +19,7 @@ from builder.build.doctor import check_host, install_hint
 from builder.build.image import BuildOptions, build_image, image_name, plan_build
 from builder.build.manifest import read_manifest
 from builder.build.toolstree import ensure_tools_tree
+from builder.cli.firmware import firmware
 from builder.cli.fleet import fleet
 from builder.cli.keys import keys
 from builder.cli.repo import repo
@@ -32,6 +33,7 @@ from builder.profile.skew import supported_api_servers
 from builder.publish.cli import publish
 from builder.vm.machine import DEFAULT_MACHINE, load_machine
 from builder.vm.qemu import Accelerator, VmConfig, boot_vm
+from builder.vm.swtpm import SoftwareTpm
 from builder.vm.vmtest import run_smoke, run_suite
 
 logger = logging.getLogger(__name__)
@@ -272,10 +274,17 @@ def _emit(data: dict[str, Any], as_json: bool) -> None:
     help="tcg (software), kvm, or auto (kvm only if a short probe shows it works) "
     "[default: the machine file's].",
 )  # fmt: skip
+@click.option(
+    "--secure-boot-vars", metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Boot with Secure Boot on this variable store (hostbuild firmware vars --output FILE).",
+)  # fmt: skip
+@click.option("--tpm", is_flag=True, help="Attach a software TPM 2.0 (swtpm), thrown away after.")
 @pass_state
 def boot(
     state: State, image_path: Path, ssh_key: Path | None, ssh_port: int,
     machine_path: Path | None, memory: int | None, cpus: int | None, accel: str | None,
+    secure_boot_vars: Path | None, tpm: bool,
 ) -> None:  # fmt: skip
     """Boot an image under QEMU (UEFI, copy-on-write overlay) until Ctrl-C."""
     credentials = {"ssh.authorized_keys.root": _public_keys(ssh_key)} if ssh_key else {}
@@ -286,6 +295,7 @@ def boot(
     config = VmConfig(
         image=image_path, machine=machine, memory_mib=memory, cpus=cpus, ssh_port=ssh_port,
         credentials=credentials, accelerator=Accelerator(accel) if accel else None,
+        secure_boot_vars=secure_boot_vars, tpm=SoftwareTpm() if tpm else None,
     )  # fmt: skip
     with boot_vm(config, tools, work) as vm:
         click.echo(f"serial console: {vm.serial_log}", err=True)
@@ -355,6 +365,7 @@ cli.add_command(publish)
 cli.add_command(repo)
 cli.add_command(fleet)
 cli.add_command(keys)
+cli.add_command(firmware)
 
 
 @cli.group()

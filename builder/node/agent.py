@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .bootsecurity import boot_security
+from .bootsecurity import describe as describe_security
 from .check import InvalidConfig
 from .command import CommandFailed
 from .command import run as run_command
@@ -192,14 +194,16 @@ def _report(status: dict[str, Any], console: Path | None) -> None:
 
 
 def show_status(root: Path, as_json: bool) -> int:
+    """The last apply's status file, with Secure Boot and the TPM's PCRs read now."""
     path = root / RUN / STATUS
     try:
         status = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         print(f"no status: {path}: {e}", file=sys.stderr)  # noqa: T201 -- the CLI's output
         return 1
+    security = boot_security(root)
     if as_json:
-        print(json.dumps(status, indent=2))  # noqa: T201 -- the CLI's output
+        print(json.dumps(status | security, indent=2))  # noqa: T201 -- the CLI's output
         return 0 if status.get("ok") else 1
     source = f"{status['source']} ({status['detail']})" if status.get("source") else "none"
     lines = [
@@ -208,6 +212,7 @@ def show_status(root: Path, as_json: bool) -> int:
         f"digest:   {status.get('digest') or '-'}",
         f"kubelet:  {status.get('kubelet')}",
         f"time:     {status.get('time')}",
+        *describe_security(security),
     ]
     for title in ("errors", "warnings", "outputs", "restarted"):
         if status.get(title):
@@ -256,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("/"), help="render below this root")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("apply", help="fetch, validate and render (the default; the boot unit)")
-    status = sub.add_parser("status", help="what the last apply did")
+    status = sub.add_parser(
+        "status", help="what the last apply did, and the boot's Secure Boot state and TPM PCRs"
+    )
     status.add_argument("--json", action="store_true")
     sub.add_parser("update", help="OS updates: check, apply, reboot, status (update --help)")
     validate = sub.add_parser("validate", help="check a NodeConfig or user-data file")

@@ -34,9 +34,10 @@ def ami_description(image: Image) -> str:
     return f"hostbuild {image.profile} {image.version} ({image.architecture}, UEFI)"
 
 
-def register_params(image: Image, snapshot_id: str) -> dict[str, Any]:
-    """RegisterImage's parameters: a UEFI, IMDSv2-only, NitroTPM, ENA node AMI on gp3."""
-    return {
+def register_params(image: Image, snapshot_id: str, uefi_data: str | None = None) -> dict[str, Any]:
+    """RegisterImage's parameters: a UEFI, IMDSv2-only, NitroTPM, ENA node AMI on gp3; with
+    `uefi_data` (a base64 variable store holding PK, KEK, db) instances enforce Secure Boot."""
+    params: dict[str, Any] = {
         "Name": ami_name(image),
         "Description": ami_description(image),
         "Architecture": image.architecture,
@@ -60,6 +61,9 @@ def register_params(image: Image, snapshot_id: str) -> dict[str, Any]:
         ],
         "TagSpecifications": [{"ResourceType": "image", "Tags": image_tags(image)}],
     }
+    # BootMode stays "uefi" (not uefi-preferred): a store of Secure Boot keys means nothing to
+    # a legacy BIOS boot, and the image has no BIOS boot path anyway
+    return params | ({"UefiData": uefi_data} if uefi_data is not None else {})
 
 
 def find_image(ec2: Any, name: str, region: str) -> dict[str, Any] | None:
@@ -88,10 +92,14 @@ def describe_image(ec2: Any, image_id: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def register_image(ec2: Any, image: Image, snapshot_id: str, region: str, poll: float) -> str:
+def register_image(
+    ec2: Any, image: Image, snapshot_id: str, region: str, poll: float,
+    uefi_data: str | None = None,
+) -> str:  # fmt: skip
     """Register the AMI, or return the one another run registered under the same name."""
     try:
-        image_id: str = ec2.register_image(**register_params(image, snapshot_id))["ImageId"]
+        params = register_params(image, snapshot_id, uefi_data)
+        image_id: str = ec2.register_image(**params)["ImageId"]
         return image_id
     except botocore.exceptions.ClientError as e:
         if error_code(e) != "InvalidAMIName.Duplicate":

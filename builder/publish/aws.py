@@ -116,7 +116,8 @@ def ensure_source_image(
             # an earlier run may have stopped before tagging: tag again (as creation would)
             ec2.create_tags(Resources=[image_id], Tags=ami.image_tags(image))
         else:
-            image_id = ami.register_image(ec2, image, snapshot_id, region, request.timeouts.poll)
+            image_id = ami.register_image(ec2, image, snapshot_id, region, request.timeouts.poll,
+                                          request.uefi_data)  # fmt: skip
         state.set_image(region, image_id=image_id, snapshot_ids=[snapshot_id], state="pending")
     if state.images()[region].get("state") != "available":
         ami.wait_available(ec2, image_id, region, request.timeouts)

@@ -58,17 +58,23 @@ def publish() -> None:
     "--dry-run", is_flag=True,
     help="Print every AWS call it would make; needs no credentials and changes nothing.",
 )  # fmt: skip
+@click.option(
+    "--uefi-data", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The AMI's UEFI variable store with the fleet's Secure Boot keys (hostbuild firmware "
+    "vars --aws-output FILE); required for, and only for, an image signed for Secure Boot.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
 def ami(
     output: Path, region: str | None, copy_to: tuple[str, ...], share: tuple[str, ...],
     public: bool, ssm_prefix: str | None, promote: bool, workers: int, endpoint_url: str | None,
-    dry_run: bool, as_json: bool,
+    dry_run: bool, uefi_data: Path | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Upload a build's raw image as an EBS snapshot and register it as an AMI (resumable)."""
     request = make_request(
         load_image(output.absolute()), region or default_region(), copy_to=copy_to, share=share,
         public=public, ssm_prefix=ssm_prefix, promote=promote, workers=workers,
         endpoint_url=endpoint_url, dry_run=dry_run, progress=not as_json and sys.stderr.isatty(),
+        uefi_data=uefi_data,
     )  # fmt: skip
     result = publish_ami(request).as_dict()
     if as_json:

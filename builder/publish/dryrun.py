@@ -139,5 +139,8 @@ def format_calls(calls: list[dict[str, Any]]) -> list[str]:
                 f"{c['last_index']} ({c['bytes']} bytes; holes and all-zero blocks not sent)"
             )
         else:
-            lines.append(f"{head} {json.dumps(c['params'], sort_keys=True, default=str)}")
+            params = dict(c["params"])
+            if "UefiData" in params:  # kilobytes of base64: its size says enough here
+                params["UefiData"] = f"<{len(params['UefiData'])} base64 characters>"
+            lines.append(f"{head} {json.dumps(params, sort_keys=True, default=str)}")
     return lines

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from builder.build.manifest import MANIFEST
 from builder.errors import HostbuildError
+from builder.firmware.varstore import read_certificates, read_uefi_data
 
 GIB = 1024**3
 # partition-region-number, e.g. eu-west-1, us-gov-west-1, ap-southeast-5
@@ -18,6 +20,8 @@ REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")
 ACCOUNT_RE = re.compile(r"^\d{12}\Z")
 SSM_PREFIX_RE = re.compile(r"^(/[A-Za-z0-9_.\-]+)+\Z")
 ARCHITECTURES = {"amd64": "x86_64"}
+# manifest secure_boot.certificates key -> the UEFI variable that must hold that certificate
+SIGNED_BY = {"pk": "PK", "kek": "KEK", "db": "db"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,9 @@ class Image:
     raw_bytes: int
     sha256: str  # digest of the raw image: ClientTokens and tags derive from it
     architecture: str  # EC2 spelling
+    secure_boot: bool = False  # the manifest's secure_boot.signed: its UKIs are signed with db
+    # The manifest's secure_boot.certificates fingerprints: {"pk"|"kek"|"db": sha256 hex}
+    certificates: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def volume_gib(self) -> int:
@@ -69,6 +76,9 @@ class PublishRequest:
     dry_run: bool = False
     progress: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # The AMI's UEFI variable store (base64, from `hostbuild firmware vars --aws-output`): EC2
+    # instances then enforce Secure Boot with its PK, KEK and db; None for unsigned images
+    uefi_data: str | None = None
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -90,7 +100,11 @@ def load_image(directory: Path) -> Image:
         raw_entry = manifest["outputs"][f"{name}.raw"]
         raw_bytes, sha256 = int(raw_entry["bytes"]), str(raw_entry["sha256"])
         profile, version, arch = manifest["profile"], manifest["version"], manifest["arch"]
-    except (ValueError, KeyError, TypeError) as e:
+        record = manifest.get("secure_boot") or {}
+        secure_boot = record.get("signed") is True
+        certificates = {key: str(value["sha256"]) for key, value in
+                        (record.get("certificates") or {}).items() if key in SIGNED_BY}  # fmt: skip
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise HostbuildError(
             f"{path}: not a manifest of 'hostbuild image' ({type(e).__name__}: {e})",
             hint="it needs name, profile, version, arch and outputs.NAME.raw.{bytes,sha256}",
@@ -107,7 +121,7 @@ def load_image(directory: Path) -> Image:
             hint="the raw image changed after the build; rebuild it",
         )
     return Image(directory, raw, name, str(profile), str(version), raw_bytes, sha256,
-                 ARCHITECTURES[arch])  # fmt: skip
+                 ARCHITECTURES[arch], secure_boot, certificates)  # fmt: skip
 
 
 def split_list(values: tuple[str, ...]) -> list[str]:
@@ -149,6 +163,7 @@ def make_request(
     dry_run: bool = False,
     progress: bool = False,
     timeouts: Timeouts | None = None,
+    uefi_data: Path | None = None,
 ) -> PublishRequest:
     """Validate the options of a publish; every problem is a HostbuildError naming the option."""
     if not region:
@@ -177,8 +192,47 @@ def make_request(
         raise HostbuildError("--promote moves <prefix>/latest/image_id: it needs --ssm-prefix")
     if not 1 <= workers <= 256:
         raise HostbuildError(f"--workers {workers}: allowed are 1 to 256")
+    blob = check_uefi_data(image, uefi_data)
     return PublishRequest(
         image=image, region=region, copy_to=tuple(copies), share=tuple(accounts), public=public,
         ssm_prefix=ssm_prefix, promote=promote, workers=workers, endpoint_url=endpoint_url,
-        dry_run=dry_run, progress=progress, timeouts=timeouts or Timeouts(),
+        dry_run=dry_run, progress=progress, timeouts=timeouts or Timeouts(), uefi_data=blob,
     )  # fmt: skip
+
+
+def check_uefi_data(image: Image, path: Path | None) -> str | None:
+    """The UefiData to register: required for a Secure Boot image, refused for an unsigned one."""
+    manifest = image.directory / MANIFEST
+    certs = image.directory / "secure-boot"  # where a signed build leaves its certificates
+    if path is None:
+        if image.secure_boot:
+            raise HostbuildError(
+                f"{manifest} says the image is signed for Secure Boot, but no --uefi-data was "
+                "given: EC2 would boot it without the fleet's keys, enforcing nothing",
+                hint="write the variable store from the certificates the build exported, "
+                f"'hostbuild firmware vars --pk {certs}/PK.crt --kek {certs}/KEK.crt "
+                f"--db {certs}/db.crt --aws-output uefi-data.b64', and pass "
+                "--uefi-data uefi-data.b64",
+            )
+        return None
+    if not image.secure_boot:
+        raise HostbuildError(
+            f"--uefi-data enrols Secure Boot keys, but {manifest} has no secure_boot.signed: "
+            "EC2 would refuse to boot its unsigned UKI",
+            hint="build a Secure Boot image (the profile's secure_boot section), or publish "
+            "this one without --uefi-data",
+        )
+    blob = read_uefi_data(path)
+    if image.certificates:
+        held = read_certificates(path)
+        for key, fingerprint in sorted(image.certificates.items()):
+            variable = SIGNED_BY[key]
+            if fingerprint not in held[variable]:
+                raise HostbuildError(
+                    f"--uefi-data {str(path)!r}: its {variable} does not hold the certificate "
+                    f"the build recorded ({manifest}: secure_boot.certificates.{key}.sha256 "
+                    f"{fingerprint})",
+                    hint=f"an instance would not trust this build's UKIs; write the store from "
+                    f"the build's own certificates in {certs}/",
+                )
+    return blob

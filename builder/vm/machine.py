@@ -25,7 +25,10 @@ _OWNED = {
     "disk.device": ("drive",),
     "disk.drive": ("if", "id", "file", "format"),
     "network.nic": ("netdev",),
+    "tpm": ("tpmdev",),
 }
+# q35 is the machine type with SMM, which the Secure Boot firmware needs to guard its variables
+_SMM_TYPES = ("q35", "pc-q35-")
 _UNITS = {"memory": "MiB"}
 
 
@@ -60,6 +63,8 @@ class Firmware:
 
     code: str  # read-only flash
     vars: str  # the variable store's template; each VM writes its own copy
+    # The Secure Boot build of OVMF, booted with SMM when a VM asks for Secure Boot; "": none
+    secure_code: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class Machine:
     disk: Disk
     network: Network
     devices: tuple[str, ...] = ()  # more -device values
+    tpm: str = "tpm-crb"  # the -device model of a software TPM, when a VM asks for one
     source: Path = field(default=Path(), metadata={"internal": True})
 
     def where(self, key: str) -> str:
@@ -143,18 +149,42 @@ def load_machine(path: Path = DEFAULT_MACHINE) -> Machine:
     return result
 
 
-def find_firmware(machine: Machine, tools: ToolsTree) -> tuple[Path, Path]:
-    """The host paths of the firmware's code and variables template, which `tools` must have."""
+def find_firmware(
+    machine: Machine, tools: ToolsTree, secure_boot: bool = False
+) -> tuple[Path, Path]:
+    """The host paths of the firmware's code (the Secure Boot build with `secure_boot`) and
+    variables template, which `tools` must have."""
     where = "on this host" if tools.is_host else f"in the tools tree {tools.root}"
+    code = ("firmware.secure_code", machine.firmware.secure_code) if secure_boot else (
+        "firmware.code", machine.firmware.code)  # fmt: skip
+    if secure_boot:
+        check_secure_boot(machine)
     issues = [
         Issue(display(machine.source), key, f"{name!r} is not {where}")
-        for key, name in (("firmware.code", machine.firmware.code),
-                          ("firmware.vars", machine.firmware.vars))
+        for key, name in (code, ("firmware.vars", machine.firmware.vars))
         if not tools.path(name).is_file()
     ]  # fmt: skip
     if issues:
         raise MachineError(issues)
-    return tools.path(machine.firmware.code), tools.path(machine.firmware.vars)
+    return tools.path(code[1]), tools.path(machine.firmware.vars)
+
+
+def check_secure_boot(machine: Machine) -> None:
+    """Refuse Secure Boot on a machine without the Secure Boot firmware or without SMM."""
+    issues = []
+    if not machine.firmware.secure_code:
+        issues.append(Issue(
+            display(machine.source), "firmware.secure_code",
+            "not set, and this boot asks for Secure Boot (e.g. "
+            "secure_code: /usr/share/OVMF/OVMF_CODE_4M.secboot.fd)",
+        ))  # fmt: skip
+    if not machine.type.partition(",")[0].startswith(_SMM_TYPES):
+        issues.append(Issue(
+            display(machine.source), "type",
+            f"{machine.type!r} has no SMM, which Secure Boot firmware needs: use q35",
+        ))  # fmt: skip
+    if issues:
+        raise MachineError(issues)
 
 
 def check_machine(machine: Machine) -> list[tuple[str, str]]:
@@ -171,11 +201,15 @@ def check_machine(machine: Machine) -> list[tuple[str, str]]:
     if machine.memory < 1:
         issues.append(("memory", f"expected a positive integer (MiB), got {machine.memory!r}"))
     for key, path in (("firmware.code", machine.firmware.code),
-                      ("firmware.vars", machine.firmware.vars)):  # fmt: skip
+                      ("firmware.vars", machine.firmware.vars),
+                      ("firmware.secure_code", machine.firmware.secure_code)):  # fmt: skip
+        if key == "firmware.secure_code" and not path:
+            continue  # optional: only Secure Boot boots need it
         if not PurePosixPath(path).is_absolute() or path.endswith("/"):
             issues.append((key, f"expected an absolute file path in the tools tree, got {path!r}"))
     values = {"type": machine.type, "cpu.tcg": machine.cpu.tcg, "cpu.kvm": machine.cpu.kvm}
-    devices = {"disk.device": machine.disk.device, "network.nic": machine.network.nic}
+    devices = {"disk.device": machine.disk.device, "network.nic": machine.network.nic,
+               "tpm": machine.tpm}  # fmt: skip
     devices |= {f"devices[{i}]": device for i, device in enumerate(machine.devices)}
     for key, value in (values | devices).items():
         if not value.strip() or value.startswith("-"):
@@ -183,7 +217,7 @@ def check_machine(machine: Machine) -> list[tuple[str, str]]:
         elif key in devices and "=" in value.partition(",")[0]:
             issues.append((key, f"expected a device model first, got {value!r}"))
     options = {"disk.device": machine.disk.device, "disk.drive": machine.disk.drive,
-               "network.nic": machine.network.nic}  # fmt: skip
+               "network.nic": machine.network.nic, "tpm": machine.tpm}  # fmt: skip
     for key, value in options.items():
         given = {part.partition("=")[0] for part in value.split(",")}
         issues += [(key, f"{name}= is set by the QEMU harness; remove it")

@@ -23,11 +23,19 @@ from typing import Any
 
 from builder.build.toolstree import OVMF_VARS, ToolsTree
 from builder.log import step
-from builder.run import Spawned, spawn
+from builder.run import Spawned, pid_alive, spawn
 from builder.vm.errors import VmError as VmError  # callers catch it with the harness
 from builder.vm.machine import Accelerator as Accelerator  # callers name it with VmConfig
-from builder.vm.machine import Machine, display, find_firmware, load_machine, with_option
+from builder.vm.machine import (
+    Machine,
+    check_secure_boot,
+    display,
+    find_firmware,
+    load_machine,
+    with_option,
+)
 from builder.vm.qmp import Qmp
+from builder.vm.swtpm import SoftwareTpm, TpmFiles, qemu_tpm_argv, start_swtpm
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +69,13 @@ class VmConfig:
     disk: Path | None = None
     # Host services on 127.0.0.1 the guest may reach at these addresses (e.g. an update repository)
     guest_forwards: tuple[GuestForward, ...] = ()
+    # Secure Boot: an edk2 variable store with the fleet's keys enrolled and Secure Boot on
+    # (builder.firmware.varstore.write_variable_store). The VM boots the machine's
+    # firmware.secure_code with SMM on a copy of it (the store itself is never written);
+    # None: the plain firmware on a copy of the machine's empty template.
+    secure_boot_vars: Path | None = None
+    # A software TPM 2.0 (swtpm) attached as the machine's `tpm` device; None: no TPM
+    tpm: SoftwareTpm | None = None
 
     def overlay(self, files: VmFiles) -> Path:
         return self.disk.absolute() if self.disk is not None else files.overlay
@@ -115,9 +130,9 @@ class VmFiles:
         serial = (serial_log or workdir / "serial.log").absolute()
         files = cls(workdir, serial, workdir / PurePosixPath(firmware_vars).name)
         files.serial_log.parent.mkdir(parents=True, exist_ok=True)
-        if len(os.fsencode(files.qmp)) > SOCKET_PATH_MAX:
+        if len(os.fsencode(files.swtpm_socket)) > SOCKET_PATH_MAX:  # the longest socket name
             raise VmError(
-                f"the VM work directory {workdir} is too deep for a QMP socket path "
+                f"the VM work directory {workdir} is too deep for the QMP and swtpm socket paths "
                 f"(at most {SOCKET_PATH_MAX} bytes)",
                 hint="use a shorter cache or work directory",
             )
@@ -130,6 +145,11 @@ class VmFiles:
     @property
     def qmp(self) -> Path:
         return self.workdir / "qmp.sock"
+
+    @property
+    def swtpm_socket(self) -> Path:
+        """Where a VM's swtpm listens (builder.vm.swtpm.TpmFiles.socket)."""
+        return TpmFiles(self.workdir, self.workdir / "tpm").socket
 
     @property
     def relay(self) -> Path:
@@ -180,9 +200,12 @@ def qemu_argv(config: VmConfig, files: VmFiles, accelerator: Accelerator, port: 
     if not machine.network.restrict:  # load_machine refuses it; a Machine built in code may not
         raise VmError(f"{machine.where('network.restrict')}: must be true")
     drive = f"if=none,id=disk,file={config.overlay(files)},format=qcow2"
+    secure = config.secure_boot_vars is not None
+    if secure:
+        check_secure_boot(machine)
     argv = [
         "qemu-system-x86_64",
-        "-machine", machine.type,
+        "-machine", f"{machine.type},smm=on" if secure else machine.type,
         "-accel", accelerator.value,
         "-cpu", machine.cpu.model(accelerator),
         "-smp", str(machine.cpus if config.cpus is None else config.cpus),
@@ -190,8 +213,11 @@ def qemu_argv(config: VmConfig, files: VmFiles, accelerator: Accelerator, port: 
         "-no-user-config",
         "-nodefaults",
         "-display", "none",
-        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={machine.firmware.code}",
+        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file="
+                  + (machine.firmware.secure_code if secure else machine.firmware.code),
         "-drive", f"if=pflash,format=raw,unit=1,file={files.vars}",
+        # only code running in SMM may write the flash: the OS cannot change PK, KEK or db
+        *(["-global", "driver=cfi.pflash01,property=secure,value=on"] if secure else []),
         "-drive", f"{drive},{machine.disk.drive}" if machine.disk.drive else drive,
         "-device", with_option(machine.disk.device, "drive=disk"),
         "-netdev", ",".join([
@@ -200,6 +226,7 @@ def qemu_argv(config: VmConfig, files: VmFiles, accelerator: Accelerator, port: 
         ]),
         "-device", with_option(machine.network.nic, "netdev=n0"),
         *(arg for device in machine.devices for arg in ("-device", device)),
+        *(qemu_tpm_argv(files.swtpm_socket, machine.tpm) if config.tpm is not None else []),
         "-chardev", f"file,id=serial0,path={files.serial_log}",
         "-serial", "chardev:serial0",
         "-monitor", "none",
@@ -279,35 +306,60 @@ def boot_vm(config: VmConfig, tools: ToolsTree, workdir: Path) -> Iterator[Vm]:
     if not image.is_file():
         raise VmError(f"cannot boot {image}: no such image file")
     machine = config.machine
-    _, template = find_firmware(machine, tools)
+    secure = config.secure_boot_vars is not None
+    _, template = find_firmware(machine, tools, secure_boot=secure)
+    if config.secure_boot_vars is not None:
+        template = _secure_boot_store(config.secure_boot_vars)
     files = VmFiles.create(workdir, config.serial_log, machine.firmware.vars)
+    if template.resolve() == files.vars.resolve():
+        raise VmError(f"the variable store {template} is the VM's own copy, which teardown removes",
+                      hint="keep the store outside the VM's work directory")  # fmt: skip
     vm: Vm | None = None
-    try:
-        requested = machine.accel if config.accelerator is None else config.accelerator
-        accelerator = finalize_accelerator(requested, tools, files.workdir, machine)
-        port = config.ssh_port or pick_free_port()
-        with step(f"Starting QEMU ({accelerator}, {display(machine.source)}) on {image.name}"):
-            shutil.copyfile(template, files.vars)
-            files.serial_log.unlink(missing_ok=True)
-            overlay = config.overlay(files)
-            if not (config.disk is not None and overlay.exists()):
-                tools.run(
-                    ["qemu-img", "create", "-q", "-f", "qcow2", "-F", config.image_format,
-                     "-b", image, overlay],
-                    binds=[overlay.parent], readonly=[image],
-                )  # fmt: skip
-            argv = qemu_argv(config, files, accelerator, port)
-            if config.guest_forwards:
-                shutil.copyfile(Path(__file__).with_name("relay.py"), files.relay)
-            binds = sorted({files.workdir, files.serial_log.parent, overlay.parent})
-            process = spawn(tools.argv(argv, binds, readonly=[image]), output=files.output)
-            vm = Vm(process, files, port, accelerator)
-        logger.info("QEMU pid %d, serial log %s, ssh on 127.0.0.1:%d", vm.pid, vm.serial_log, port)
-        yield vm
-    finally:
-        if vm is not None:
-            vm.stop()
-        files.remove()
+    with contextlib.ExitStack() as services:
+        try:
+            requested = machine.accel if config.accelerator is None else config.accelerator
+            accelerator = finalize_accelerator(requested, tools, files.workdir, machine)
+            port = config.ssh_port or pick_free_port()
+            what = ", Secure Boot" if secure else ""
+            what += ", TPM" if config.tpm is not None else ""
+            with step(f"Starting QEMU ({accelerator}{what}, {display(machine.source)}) on "
+                      f"{image.name}"):  # fmt: skip
+                shutil.copyfile(template, files.vars)
+                files.serial_log.unlink(missing_ok=True)
+                overlay = config.overlay(files)
+                if not (config.disk is not None and overlay.exists()):
+                    tools.run(
+                        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", config.image_format,
+                         "-b", image, overlay],
+                        binds=[overlay.parent], readonly=[image],
+                    )  # fmt: skip
+                argv = qemu_argv(config, files, accelerator, port)
+                if config.guest_forwards:
+                    shutil.copyfile(Path(__file__).with_name("relay.py"), files.relay)
+                if config.tpm is not None:
+                    services.enter_context(start_swtpm(tools, config.tpm, files.workdir))
+                binds = sorted({files.workdir, files.serial_log.parent, overlay.parent})
+                process = spawn(tools.argv(argv, binds, readonly=[image]), output=files.output)
+                vm = Vm(process, files, port, accelerator)
+            logger.info("QEMU pid %d, serial log %s, ssh on 127.0.0.1:%d", vm.pid,
+                        vm.serial_log, port)  # fmt: skip
+            yield vm
+        finally:
+            # QEMU first, then the services it used (swtpm), as the exit stack unwinds
+            if vm is not None:
+                vm.stop()
+            files.remove()
+
+
+def _secure_boot_store(path: Path) -> Path:
+    store = path.absolute()
+    if not store.is_file():
+        raise VmError(
+            f"no Secure Boot variable store {store}",
+            hint="write one with 'hostbuild firmware vars' "
+            "(builder.firmware.varstore.write_variable_store)",
+        )
+    return store
 
 
 class Vm:
@@ -443,11 +495,11 @@ class Vm:
             self._qmp = None
         # bwrap kills QEMU when it dies (--die-with-parent); make sure anyway.
         qemu = self.qemu_pid
-        if qemu is not None and _alive(qemu):
+        if qemu is not None and pid_alive(qemu):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(qemu, signal.SIGKILL)
             deadline = time.monotonic() + STOP_TIMEOUT
-            while _alive(qemu) and time.monotonic() < deadline:
+            while pid_alive(qemu) and time.monotonic() < deadline:
                 time.sleep(0.1)
 
     def _serial_error(self, what: str, timeout: float) -> VmError:
@@ -464,12 +516,3 @@ class Vm:
             hint=f"the full console is in {self.serial_log}, QEMU's messages in "
             f"{self._files.output}",
         )
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` still runs (a zombie has finished)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"

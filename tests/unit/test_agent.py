@@ -250,7 +250,11 @@ def test_status_command(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
     assert out[0] == "result:   ERROR"
     assert out[1] == f"source:   credential ({node.creds}/hostbuild.nodeconfig)"
     assert out[3:4] == ["kubelet:  not configured"]
-    assert out[5:] == [
+    assert out[5:7] == [
+        "secure boot: no-uefi (no /sys/firmware/efi: booted without UEFI)",
+        "tpm:      none",
+    ], "the temporary root has no /sys"
+    assert out[7:] == [
         "errors:",
         "  spec.node.name: must be a lowercase DNS name like 'worker-1', got 'Worker-1'",
     ]

@@ -15,9 +15,12 @@ import builder.cli as cli_module
 from builder.build import image as image_module
 from builder.build.apt import Mirrors
 from builder.build.toolstree import ToolsTree
+from builder.firmware.varstore import read_uefi_data
 from builder.vm.machine import DEFAULT_MACHINE, load_machine
 from builder.vm.qemu import Accelerator, VmConfig
+from builder.vm.swtpm import SoftwareTpm
 from tests.conftest import Cli
+from tests.secureboot import empty_edk2_store, make_keys
 from tests.standin import PROFILE, make_mirror
 
 MIRRORS = Mirrors("http://deb.example.test/debian", "http://deb.example.test/debian-security")
@@ -231,3 +234,55 @@ def test_test_without_a_manifest_says_what_image_takes(run_cli: Cli, tmp_path: P
     (tmp_path / "manifest.json").write_bytes(b"\xff")
     result = run_cli("test", "--image", str(tmp_path))
     assert result.output.startswith(f"Error: {tmp_path}/manifest.json: not a manifest of ")
+
+
+def test_boot_with_secure_boot_and_a_tpm(
+    run_cli: Cli, tmp_path: Path, booted: list[VmConfig]
+) -> None:
+    image, store = tmp_path / "disk.raw", tmp_path / "fleet-vars.fd"
+    image.touch()
+    store.touch()
+    result = run_cli("boot", "--image", str(image), "--secure-boot-vars", str(store), "--tpm")
+    assert result.exit_code == 0, result.output
+    [config] = booted
+    assert config.secure_boot_vars == store
+    assert config.tpm == SoftwareTpm(), "a throw-away TPM"
+    assert run_cli("boot", "--image", str(image)).exit_code == 0
+    assert (booted[1].secure_boot_vars, booted[1].tpm) == (None, None)
+
+
+def test_firmware_vars_writes_both_stores(run_cli: Cli, tmp_path: Path) -> None:
+    keys = make_keys(tmp_path / "keys")
+    template = empty_edk2_store(tmp_path / "empty.fd")
+    store, aws = tmp_path / "out" / "vars.fd", tmp_path / "out" / "uefi-data.b64"
+    result = run_cli(
+        "firmware", "vars", "--pk", str(keys.pk), "--kek", str(keys.kek[0]),
+        "--db", str(keys.db[0]), "--template", str(template), "--output", str(store),
+        "--aws-output", str(aws),
+    )  # fmt: skip
+    assert (result.exit_code, result.stdout) == (0, f"{store}\n{aws}\n")
+    assert store.stat().st_size == template.stat().st_size
+    assert read_uefi_data(aws) == aws.read_text().strip()
+
+
+def test_firmware_vars_needs_an_output(run_cli: Cli, tmp_path: Path) -> None:
+    keys = make_keys(tmp_path / "keys")
+    result = run_cli("firmware", "vars", "--pk", str(keys.pk), "--kek", str(keys.kek[0]),
+                     "--db", str(keys.db[0]))  # fmt: skip
+    assert result.exit_code == 2
+    assert "Error: give --output, --aws-output or both" in result.output
+
+
+def test_firmware_vars_refuses_a_key_for_a_certificate(run_cli: Cli, tmp_path: Path) -> None:
+    keys = make_keys(tmp_path / "keys")
+    key = tmp_path / "PK.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n")
+    result = run_cli("firmware", "vars", "--pk", str(key), "--kek", str(keys.kek[0]),
+                     "--db", str(keys.db[0]), "--aws-output", str(tmp_path / "a.b64"))  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: the PK certificate {str(key)!r} is not an X.509 certificate\n"
+        "(give a PEM ('-----BEGIN CERTIFICATE-----') or DER certificate, not a private key or "
+        "a request)\n"
+    )
+    assert not (tmp_path / "a.b64").exists()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.build.toolstree import OVMF_CODE, OVMF_VARS, PACKAGES, ToolsTree
+from builder.build.toolstree import OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS, PACKAGES, ToolsTree
 from builder.errors import HostbuildError
 from builder.vm.machine import (
     DEFAULT_MACHINE,
@@ -49,6 +49,31 @@ def test_the_default_firmware_is_the_tools_trees() -> None:
     machine = load_machine()
     assert (machine.firmware.code, machine.firmware.vars) == (OVMF_CODE, OVMF_VARS)
     assert PACKAGES["ovmf"] == machine.firmware.code, "the tree's ovmf check looks for it"
+    assert machine.firmware.secure_code == OVMF_CODE_SECBOOT
+    assert machine.tpm == "tpm-crb"
+
+
+def test_secure_boot_and_tpm_keys_are_optional(tmp_path: Path) -> None:
+    def change(data: dict[str, Any]) -> None:
+        del data["firmware"]["secure_code"], data["tpm"]
+
+    machine = load_machine(write_machine(tmp_path / "m.yaml", change))
+    assert (machine.firmware.secure_code, machine.tpm) == ("", "tpm-crb")
+    with pytest.raises(MachineError) as caught:
+        find_firmware(machine, ToolsTree(tmp_path), secure_boot=True)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{machine.where('firmware.secure_code')}: not set, and this boot asks for Secure Boot "
+        "(e.g. secure_code: /usr/share/OVMF/OVMF_CODE_4M.secboot.fd)"
+    ]
+
+
+def test_secure_boot_needs_smm(tmp_path: Path) -> None:
+    machine = load_machine(write_machine(tmp_path / "m.yaml", _set("type", "pc")))
+    with pytest.raises(MachineError) as caught:
+        find_firmware(machine, ToolsTree(tmp_path), secure_boot=True)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{machine.where('type')}: 'pc' has no SMM, which Secure Boot firmware needs: use q35"
+    ]
 
 
 def test_restrict_written_as_on(tmp_path: Path) -> None:
@@ -103,7 +128,7 @@ BAD: dict[str, tuple[Callable[[dict[str, Any]], object], list[str]]] = {
     "unknown key": (
         _set("memroy", 4096),
         ["memroy: unknown key 'memroy'; did you mean 'memory'? "
-         "allowed: accel, cpu, cpus, devices, disk, firmware, memory, network, type"],
+         "allowed: accel, cpu, cpus, devices, disk, firmware, memory, network, tpm, type"],
     ),
     "memory with a unit": (
         _set("memory", "4G"), ["memory: expected an integer (MiB), got '4G' (a string)"]
@@ -138,6 +163,18 @@ BAD: dict[str, tuple[Callable[[dict[str, Any]], object], list[str]]] = {
         ["disk.device: drive= is set by the QEMU harness; remove it",
          "disk.drive: file= is set by the QEMU harness; remove it",
          "network.nic: netdev= is set by the QEMU harness; remove it"],
+    ),
+    "secure firmware as a file name": (
+        _set("firmware.secure_code", "OVMF_CODE_4M.secboot.fd"),
+        ["firmware.secure_code: expected an absolute file path in the tools tree, "
+         "got 'OVMF_CODE_4M.secboot.fd'"],
+    ),
+    "tpm options the harness sets": (
+        _set("tpm", "tpm-tis,tpmdev=mine"),
+        ["tpm: tpmdev= is set by the QEMU harness; remove it"],
+    ),
+    "tpm as an option": (
+        _set("tpm", "-tpmdev"), ["tpm: expected a QEMU option value, got '-tpmdev'"]
     ),
     "devices": (
         _set("devices", ["bus=pcie.0", "-device", " ", 3]),
@@ -220,6 +257,15 @@ def test_firmware_must_be_in_the_tools_tree(tmp_path: Path) -> None:
         (tmp_path / name.lstrip("/")).touch()
     assert find_firmware(machine, ToolsTree(tmp_path)) == (
         tmp_path / OVMF_CODE.lstrip("/"), tmp_path / OVMF_VARS.lstrip("/"),
+    )  # fmt: skip
+    with pytest.raises(MachineError) as caught:
+        find_firmware(machine, ToolsTree(tmp_path), secure_boot=True)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{machine.where('firmware.secure_code')}: {OVMF_CODE_SECBOOT!r} {where}",
+    ]
+    (tmp_path / OVMF_CODE_SECBOOT.lstrip("/")).touch()
+    assert find_firmware(machine, ToolsTree(tmp_path), secure_boot=True) == (
+        tmp_path / OVMF_CODE_SECBOOT.lstrip("/"), tmp_path / OVMF_VARS.lstrip("/"),
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from tests.awsmock import BLOCK, MIB, make_build, pattern
 from tests.conftest import Cli
+from tests.secureboot import make_uefi_data, mark_signed
 
 
 @pytest.fixture
@@ -124,3 +125,20 @@ def test_dry_run_prints_every_call_without_credentials_or_changes(
         assert fragment in register
     assert "ssm us-east-1 PutParameter" in output
     assert "latest/image_id" not in output  # not without --promote
+
+
+def test_dry_run_of_a_secure_boot_image_registers_its_uefi_data(
+    run_cli: Cli, build: Path, tmp_path: Path
+) -> None:
+    uefi_data = make_uefi_data(tmp_path / "sb")
+    mark_signed(build)
+    code, output = publish(run_cli, build, "--region", "eu-west-1", "--dry-run")
+    assert code == 1
+    assert "Error: " in output and "but no --uefi-data was given" in output
+    code, output = publish(run_cli, build, "--region", "eu-west-1", "--dry-run",
+                           "--uefi-data", os.fspath(uefi_data))  # fmt: skip
+    assert code == 0, output
+    register = next(line for line in output.splitlines() if " RegisterImage " in line)
+    size = len(uefi_data.read_text().strip())
+    assert f'"UefiData": "<{size} base64 characters>"' in register
+    assert '"BootMode": "uefi"' in register

@@ -8,7 +8,9 @@ What moto does not do, and how these tests deal with it:
 - ClientToken (StartSnapshot, CopyImage), checksums and ChangedBlocksCount are ignored, and
   RegisterImage keeps only Name and Description (its BootMode, ImdsSupport, TpmSupport, block
   device mappings and tags are checked with Stubber in test_publish_stub.py); the AMI's block
-  device mapping points at a snapshot moto invents.
+  device mapping points at a snapshot moto invents. UefiData is dropped too (DescribeImages
+  shows none, DescribeImageAttribute uefiData fails inside moto): the Secure Boot test checks
+  the request the server received.
 - GetImageBlockPublicAccessState is missing (an HTML 500): the --public test answers it locally.
 """
 
@@ -19,6 +21,7 @@ import hashlib
 import json
 import os
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ from tests.awsmock import (
     reset_moto,
 )
 from tests.conftest import Cli
+from tests.secureboot import make_keys, make_uefi_data, mark_signed
 
 SOURCE, COPIES = "eu-west-1", ("us-east-1", "eu-central-1")
 ACCOUNT = "111122223333"
@@ -339,3 +343,31 @@ def test_cli_json_against_moto(
     assert printed["images"][SOURCE].startswith("ami-")
     assert printed["upload"]["blocks_sent"] == len(nonzero_blocks(build / "worker-0.1.0-7.raw"))
     assert "\r" not in result.output  # no progress line in --json mode
+
+
+def test_a_secure_boot_image_is_registered_with_its_variable_store(
+    aws: str, build: Path, tmp_path: Path
+) -> None:
+    """The whole flow with --uefi-data: the RegisterImage that reaches the server carries the
+    store and BootMode uefi. moto drops UefiData (it keeps only Name and Description), so what
+    the server was sent is checked, not what it describes afterwards."""
+    keys = make_keys(tmp_path / "keys")
+    uefi_data = make_uefi_data(tmp_path / "sb", keys)
+    counter = Counter()
+    clients = counter.clients(aws)
+    sent: list[dict[str, list[str]]] = []
+
+    def record(request: Any, **kwargs: Any) -> None:
+        body = request.body
+        sent.append(urllib.parse.parse_qs(body.decode() if isinstance(body, bytes) else body))
+
+    clients.ec2(SOURCE).meta.events.register("before-send.ec2.RegisterImage", record)
+    result = publish(mark_signed(build, keys), aws, clients, uefi_data=uefi_data)
+    [params] = sent
+    assert params["UefiData"] == [uefi_data.read_text().strip()]
+    assert (params["BootMode"], params["TpmSupport"]) == (["uefi"], ["v2.0"])
+    described = client("ec2", SOURCE, aws).describe_images(ImageIds=[result.images[SOURCE]])
+    assert described["Images"][0]["State"] == "available"
+    counter = Counter()
+    publish(build, aws, counter.clients(aws), uefi_data=uefi_data)
+    assert counter.calls["RegisterImage"] == 0, "a rerun finds the AMI it registered"

@@ -18,6 +18,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from builder.errors import HostbuildError
+from builder.firmware.varstore import SecureBootKeys
 from builder.publish import ami, share, ssm
 from builder.publish.aws import publish_ami
 from builder.publish.clients import Clients, aws_errors
@@ -25,6 +26,7 @@ from builder.publish.request import Image, Timeouts, load_image, make_request
 from builder.publish.snapshot import ensure_snapshot
 from builder.publish.state import PublishState
 from tests.awsmock import BLOCK, MIB, fake_credentials, make_build, pattern
+from tests.secureboot import fingerprint, make_keys, make_uefi_data, mark_signed
 
 REGION = "eu-west-1"
 FAST = Timeouts(snapshot=0.2, image=0.2, parameter=0.2, poll=0.05)
@@ -263,3 +265,83 @@ def test_interrupted_completion_is_sent_again_then_awaited(aws: Stubbed, build: 
     assert (result.snapshot_id, result.stats.bytes_sent) == ("snap-0aaa", 0)
     assert snapshot_record(build)["status"] == "completed"
     aws.assert_done()
+
+
+def test_a_secure_boot_image_registers_with_its_uefi_data(
+    aws: Stubbed, build: Path, tmp_path: Path
+) -> None:
+    keys = make_keys(tmp_path / "keys")
+    uefi_data = make_uefi_data(tmp_path / "sb", keys)
+    request = make_request(load_image(mark_signed(build, keys)), REGION, uefi_data=uefi_data)
+    blob = uefi_data.read_text().strip()
+    assert request.uefi_data == blob
+    image = request.image
+    tags = [
+        {"Key": "Name", "Value": "worker-0.1.0-7"},
+        {"Key": "hostbuild:profile", "Value": "worker"},
+        {"Key": "hostbuild:version", "Value": "0.1.0-7"},
+        {"Key": "hostbuild:image-sha256", "Value": image.sha256},
+    ]
+    aws["ec2"].add_response("register_image", {"ImageId": "ami-0123456789abcdef0"}, {
+        "Name": "worker-0.1.0-7-x86_64",
+        "Description": "hostbuild worker 0.1.0-7 (x86_64, UEFI)",
+        "Architecture": "x86_64",
+        "VirtualizationType": "hvm",
+        "BootMode": "uefi",
+        "ImdsSupport": "v2.0",
+        "TpmSupport": "v2.0",
+        "EnaSupport": True,
+        "SriovNetSupport": "simple",
+        "RootDeviceName": "/dev/xvda",
+        "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {
+            "SnapshotId": "snap-0aaa", "VolumeSize": 1, "VolumeType": "gp3",
+            "DeleteOnTermination": True}}],
+        "TagSpecifications": [{"ResourceType": "image", "Tags": tags}],
+        "UefiData": blob,
+    })  # fmt: skip
+    assert (
+        ami.register_image(aws.client("ec2"), image, "snap-0aaa", REGION, 0, request.uefi_data)
+        == "ami-0123456789abcdef0"
+    )
+    aws.assert_done()
+
+
+def test_a_signed_image_needs_uefi_data(build: Path) -> None:
+    with pytest.raises(HostbuildError, match="signed for Secure Boot, but no --uefi-data") as e:
+        make_request(load_image(mark_signed(build)), REGION)
+    assert e.value.hint is not None and "--aws-output uefi-data.b64" in e.value.hint
+    assert f"--pk {build}/secure-boot/PK.crt --kek {build}/secure-boot/KEK.crt" in e.value.hint
+
+
+def test_an_unsigned_image_takes_no_uefi_data(build: Path, tmp_path: Path) -> None:
+    uefi_data = make_uefi_data(tmp_path / "sb")
+    with pytest.raises(HostbuildError, match="has no secure_boot.signed: EC2 would refuse"):
+        make_request(load_image(build), REGION, uefi_data=uefi_data)
+
+
+def test_uefi_data_must_hold_the_certificates_the_build_was_signed_for(
+    build: Path, tmp_path: Path
+) -> None:
+    ours, theirs = make_keys(tmp_path / "ours"), make_keys(tmp_path / "theirs")
+    other = make_uefi_data(tmp_path / "other", theirs)
+    image = load_image(mark_signed(build, ours))
+    assert image.certificates == {"pk": fingerprint(ours.pk), "kek": fingerprint(ours.kek[0]),
+                                  "db": fingerprint(ours.db[0])}  # fmt: skip
+    with pytest.raises(HostbuildError) as e:
+        make_request(image, REGION, uefi_data=other)
+    assert e.value.message == (
+        f"--uefi-data {str(other)!r}: its db does not hold the certificate the build recorded "
+        f"({build}/manifest.json: secure_boot.certificates.db.sha256 {fingerprint(ours.db[0])})"
+    )
+    # the same PK and KEK, another db: still refused, by db
+    mixed = SecureBootKeys(ours.pk, ours.kek, theirs.db)
+    with pytest.raises(HostbuildError, match="its db does not hold"):
+        make_request(image, REGION, uefi_data=make_uefi_data(tmp_path / "mixed", mixed))
+    assert make_request(image, REGION, uefi_data=make_uefi_data(tmp_path / "ok", ours)).uefi_data
+
+
+def test_uefi_data_must_be_an_aws_store(build: Path, tmp_path: Path) -> None:
+    edk2 = tmp_path / "vars.fd"
+    edk2.write_bytes(b"\x00" * 64 + b"_FVH")
+    with pytest.raises(HostbuildError, match=r"vars\.fd' is not an AWS UEFI variable store"):
+        make_request(load_image(mark_signed(build)), REGION, uefi_data=edk2)

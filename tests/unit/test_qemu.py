@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from builder.build.toolstree import OVMF_VARS, ToolsTree
+from builder.build.toolstree import OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS, ToolsTree
 from builder.run import spawn
 from builder.vm import qemu
 from builder.vm.machine import DEFAULT_MACHINE, Machine, MachineError, load_machine
@@ -32,6 +32,7 @@ from builder.vm.qemu import (
     smbios_credentials,
 )
 from builder.vm.relay import relay
+from builder.vm.swtpm import SoftwareTpm
 
 MACHINE = load_machine()  # qemu/machine.yaml
 
@@ -165,6 +166,75 @@ def test_the_vars_copy_is_named_like_the_machines_template(tmp_path: Path) -> No
     assert f"if=pflash,format=raw,unit=1,file={files.vars}" in argv
 
 
+def test_secure_boot_argv_is_pinned(tmp_path: Path) -> None:
+    """Secure Boot: the secboot build on q35 with SMM, flash writable only from SMM, our store."""
+    config = VmConfig(Path("/images/disk.raw"), secure_boot_vars=tmp_path / "fleet-vars.fd")
+    argv = qemu_argv(config, VmFiles.create(tmp_path / "vm"), Accelerator.TCG, 2222)
+    expected = [a.format(w=tmp_path / "vm") for a in PINNED_TCG]
+    expected[expected.index("q35")] = "q35,smm=on"
+    plain = "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+    expected[expected.index(plain)] = plain.replace("_4M.fd", "_4M.secboot.fd")
+    at = expected.index(f"if=pflash,format=raw,unit=1,file={tmp_path}/vm/OVMF_VARS_4M.fd") + 1
+    expected[at:at] = ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    assert argv == expected
+
+
+def test_a_tpm_is_the_machines_device_on_swtpms_socket(tmp_path: Path) -> None:
+    config = VmConfig(Path("/images/disk.raw"), tpm=SoftwareTpm())
+    files = VmFiles.create(tmp_path)
+    argv = qemu_argv(config, files, Accelerator.TCG, 2222)
+    expected = [a.format(w=tmp_path) for a in PINNED_TCG]
+    at = expected.index("-chardev")
+    expected[at:at] = [
+        "-chardev", f"socket,id=chrtpm,path={tmp_path}/swtpm.sock",
+        "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+        "-device", "tpm-crb,tpmdev=tpm0",
+    ]  # fmt: skip
+    assert argv == expected
+    machine = edited_machine(tmp_path / "m.yaml", ("tpm: tpm-crb", "tpm: tpm-tis,id=t0"))
+    argv = qemu_argv(dataclasses.replace(config, machine=machine), files, Accelerator.TCG, 1)
+    assert "tpm-tis,tpmdev=tpm0,id=t0" in option(argv, "-device")
+
+
+def test_secure_boot_on_a_machine_without_smm_is_refused(tmp_path: Path) -> None:
+    machine = edited_machine(tmp_path / "m.yaml", ("type: q35", "type: pc"))
+    config = VmConfig(Path("/x"), machine=machine, secure_boot_vars=tmp_path / "v.fd")
+    with pytest.raises(MachineError, match=r"type: 'pc' has no SMM"):
+        qemu_argv(config, VmFiles.create(tmp_path / "vm"), Accelerator.TCG, 1)
+
+
+def firmware_tree(root: Path) -> ToolsTree:
+    """A tools tree holding only empty firmware files (enough for boot_vm's checks)."""
+    for name in (OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS):
+        (root / name.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / name.lstrip("/")).touch()
+    return ToolsTree(root)
+
+
+def test_boot_vm_needs_the_secure_boot_store(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    image.touch()
+    config = VmConfig(image, secure_boot_vars=tmp_path / "missing.fd")
+    with (
+        pytest.raises(VmError, match=r"no Secure Boot variable store .*missing\.fd"),
+        boot_vm(config, firmware_tree(tmp_path / "tree"), tmp_path / "vm"),
+    ):
+        pass
+    assert not (tmp_path / "vm").exists(), "nothing starts without the store"
+    inside = tmp_path / "vm" / "OVMF_VARS_4M.fd"
+    inside.parent.mkdir()
+    inside.touch()
+    with (
+        pytest.raises(VmError, match="is the VM's own copy"),
+        boot_vm(
+            dataclasses.replace(config, secure_boot_vars=inside),
+            firmware_tree(tmp_path / "tree"),
+            tmp_path / "vm",
+        ),  # fmt: skip
+    ):
+        pass
+
+
 def test_a_machine_without_restrict_never_runs(tmp_path: Path) -> None:
     machine = dataclasses.replace(
         MACHINE, network=dataclasses.replace(MACHINE.network, restrict=False)
@@ -240,7 +310,7 @@ def test_serial_log_elsewhere(tmp_path: Path) -> None:
 
 
 def test_too_deep_workdir_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(VmError, match="too deep for a QMP socket"):
+    with pytest.raises(VmError, match="too deep for the QMP and swtpm socket paths"):
         VmFiles.create(tmp_path / ("d" * 120))
 
 

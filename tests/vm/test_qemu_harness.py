@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from builder.build.toolstree import ToolsTree
+from builder.build.toolstree import OVMF_VARS, SYSTEMD_BOOT_EFI, ToolsTree
+from builder.firmware.varstore import write_variable_store
 from builder.vm.machine import DEFAULT_MACHINE, load_machine
 from builder.vm.qemu import Accelerator, VmConfig, VmError, boot_vm
+from builder.vm.swtpm import SoftwareTpm
+from tests.secureboot import make_keys
 
 pytestmark = pytest.mark.vm
 
@@ -125,3 +128,42 @@ def test_an_edited_machine_file_is_the_vm(tools_tree: ToolsTree, tmp_path: Path)
         assert len(vm.qmp("query-cpus-fast")) == 3
         rng = vm.qmp("qom-get", {"path": "/machine/peripheral/rng0", "property": "type"})
         assert rng == "virtio-rng-pci"
+
+
+def unsigned_loader_disk(tools: ToolsTree, directory: Path) -> Path:
+    """A GPT disk whose ESP's removable-media loader is the tree's unsigned systemd-boot."""
+    esp, disk = directory / "esp.img", directory / "loader.raw"
+    tools.run(["mkfs.vfat", "-C", esp, str(60 * 1024)], binds=[directory])
+    tools.run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT"], binds=[directory])
+    loader = tools.path(SYSTEMD_BOOT_EFI)
+    tools.run(["mcopy", "-i", esp, loader, "::/EFI/BOOT/BOOTX64.EFI"], binds=[directory],
+              readonly=[loader])  # fmt: skip
+    empty_disk(disk)
+    tools.run(["sgdisk", "-n", "1:2048:+60M", "-t", "1:ef00", disk], binds=[directory])
+    with disk.open("r+b") as f:
+        f.seek(2048 * 512)
+        f.write(esp.read_bytes())
+    return disk
+
+
+def test_secure_boot_with_our_keys_refuses_an_unsigned_loader_and_swtpm_is_attached(
+    tools_tree: ToolsTree, tmp_path: Path
+) -> None:
+    """OVMF's Secure Boot build on a store holding throw-away PK, KEK and db: systemd-boot,
+    unsigned, is refused (in setup mode it would load); the TPM is QEMU's, swtpm goes with it."""
+    store = tmp_path / "fleet-vars.fd"
+    write_variable_store(make_keys(tmp_path / "keys"), tools_tree.path(OVMF_VARS), store)
+    before = digest(store)
+    workdir = tmp_path / "vm"
+    config = VmConfig(unsigned_loader_disk(tools_tree, tmp_path), memory_mib=512, cpus=1,
+                      want_reboot=False, secure_boot_vars=store, tpm=SoftwareTpm())  # fmt: skip
+    with boot_vm(config, tools_tree, workdir) as vm:
+        line = vm.wait_for_serial(r"Access Denied|BdsDxe: starting", FIRMWARE_TIMEOUT)
+        assert line.startswith("BdsDxe: failed to load Boot0001") and "Access Denied" in line
+        assert vm.qmp("qom-get", {"path": "/machine", "property": "smm"}) == "on"
+        [tpm] = vm.qmp("query-tpm")
+        assert (tpm["model"], tpm["options"]["type"]) == ("tpm-crb", "emulator")
+        swtpm_pid = int((workdir / "swtpm.pid").read_text())
+    assert gone(swtpm_pid)
+    assert sorted(p.name for p in workdir.iterdir()) == ["qemu.log", "serial.log", "swtpm.log"]
+    assert digest(store) == before, "the store is only copied"
