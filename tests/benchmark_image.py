@@ -108,13 +108,13 @@ def _seconds(usec: str) -> float:
     return int(usec) / 1e6
 
 
-def worker_boots(raw: Path, tools: ToolsTree, work: Path, boots: int, **vm: Any) -> list[Boot]:
-    """`boots` boots of `raw` (a fresh disk, then reboots); `vm`: more VmConfig fields."""
+def worker_boots(raw: Path, tools: ToolsTree, work: Path, boots: int, **options: Any) -> list[Boot]:
+    """`boots` boots of `raw` (a fresh disk, then reboots); `options`: more VmConfig fields."""
     key = make_ssh_key(work)
     credentials = {"ssh.authorized_keys.root": key.public.encode(),
                    "hostbuild.nodeconfig": NODECONFIG}  # fmt: skip
     config = VmConfig(image=raw, credentials=credentials, serial_log=work / "worker-serial.log",
-                      **vm)  # fmt: skip
+                      **options)  # fmt: skip
     units = ["hostbuild-node.service", "multi-user.target", "containerd.service",
              "boot-complete.target"]  # fmt: skip
     query = "systemctl is-system-running --wait >/dev/null; " + "; ".join(

@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from builder.firmware.varstore import SecureBootKeys, write_variable_store
-from builder.vm.swtpm import SoftwareTpm
-
 from builder.build.apt import host_mirrors
 from builder.build.toolstree import OVMF_VARS, SYSTEMD_BOOT_EFI, ToolsTree, ensure_tools_tree
 from builder.disk.sign import sign_pe, ukify_pcr_options
+from builder.firmware.varstore import SecureBootKeys, write_variable_store
 from builder.keys.secureboot import Signer, build_certificates
 from builder.run import run
+from builder.vm.swtpm import SoftwareTpm
 from tests.benchmark_image import Boot, worker_boots
 from tests.measured import pe_sections
 from tests.vm.conftest import cache_dir

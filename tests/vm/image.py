@@ -85,12 +85,14 @@ def ssh_config(path: Path, port: int, key: SshKey) -> Path:
 @contextmanager
 def booted(
     image: Path, tools: ToolsTree, work: Path, key: SshKey | None, timeout: float = 300.0,
-    **vm: Any,
+    **options: Any,
 ) -> Iterator[Vm]:  # fmt: skip
-    """Boot `image` with root's SSH key as a systemd credential; wait until SSH answers. `vm`:
+    """Boot `image` with root's SSH key as a systemd credential; wait until SSH answers. `options`:
     more VmConfig fields (secure_boot_vars, tpm)."""
     credentials = {"ssh.authorized_keys.root": key.public.encode()} if key else {}
-    config = VmConfig(image=image, credentials=credentials, serial_log=work / "serial.log", **vm)
+    config = VmConfig(
+        image=image, credentials=credentials, serial_log=work / "serial.log", **options
+    )
     with boot_vm(config, tools, work) as vm:
         if key is not None:
             vm.wait_for_ssh(timeout)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.firmware.varstore import SecureBootKeys, write_variable_store
-
 from builder.build.toolstree import OVMF_VARS, ToolsTree
+from builder.firmware.varstore import SecureBootKeys, write_variable_store
 from builder.keys.secureboot import build_certificates
 from builder.run import run
 from tests.measured import pe_section_table
