@@ -61,7 +61,8 @@ def publish() -> None:
 @click.option(
     "--uefi-data", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The AMI's UEFI variable store with the fleet's Secure Boot keys (hostbuild firmware "
-    "vars --aws-output FILE); required for, and only for, an image signed for Secure Boot.",
+    "vars --aws-output FILE), for an image signed for Secure Boot only [default: the store of "
+    "the certificates the build exported, OUTPUT/secure-boot/].",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
 def ami(

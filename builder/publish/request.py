@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,12 @@ from typing import Any
 
 from builder.build.manifest import MANIFEST
 from builder.errors import HostbuildError
-from builder.firmware.varstore import read_certificates, read_uefi_data
+from builder.firmware.varstore import (
+    SecureBootKeys,
+    read_certificates,
+    read_uefi_data,
+    write_variable_store,
+)
 
 GIB = 1024**3
 # partition-region-number, e.g. eu-west-1, us-gov-west-1, ap-southeast-5
@@ -205,16 +211,24 @@ def check_uefi_data(image: Image, path: Path | None) -> str | None:
     manifest = image.directory / MANIFEST
     certs = image.directory / "secure-boot"  # where a signed build leaves its certificates
     if path is None:
-        if image.secure_boot:
+        if not image.secure_boot:
+            return None
+        exported = [certs / name for name in ("PK.crt", "KEK.crt", "db.crt")]
+        if not all(p.is_file() for p in exported):
             raise HostbuildError(
                 f"{manifest} says the image is signed for Secure Boot, but no --uefi-data was "
-                "given: EC2 would boot it without the fleet's keys, enforcing nothing",
-                hint="write the variable store from the certificates the build exported, "
-                f"'hostbuild firmware vars --pk {certs}/PK.crt --kek {certs}/KEK.crt "
-                f"--db {certs}/db.crt --aws-output uefi-data.b64', and pass "
-                "--uefi-data uefi-data.b64",
+                f"given and {certs}/ lacks the build's PK.crt, KEK.crt or db.crt: EC2 would "
+                "boot it without the fleet's keys, enforcing nothing",
+                hint="write the variable store from the fleet's certificates, "
+                "'hostbuild firmware vars --pk PK.crt --kek KEK.crt --db db.crt "
+                "--aws-output uefi-data.b64', and pass --uefi-data uefi-data.b64",
             )
-        return None
+        # the store of the build's own certificates (checked against the manifest below)
+        with tempfile.TemporaryDirectory(prefix="hostbuild-uefi-data-") as work:
+            path = Path(work) / "uefi-data.b64"
+            keys = SecureBootKeys(exported[0], (exported[1],), (exported[2],))
+            write_variable_store(keys, Path(work) / "no-template", aws_output=path)
+            return _checked_uefi_data(image, path, manifest, certs)
     if not image.secure_boot:
         raise HostbuildError(
             f"--uefi-data enrols Secure Boot keys, but {manifest} has no secure_boot.signed: "
@@ -222,6 +236,11 @@ def check_uefi_data(image: Image, path: Path | None) -> str | None:
             hint="build a Secure Boot image (the profile's secure_boot section), or publish "
             "this one without --uefi-data",
         )
+    return _checked_uefi_data(image, path, manifest, certs)
+
+
+def _checked_uefi_data(image: Image, path: Path, manifest: Path, certs: Path) -> str:
+    """The UefiData in `path`, refused unless it enrols the certificates the build recorded."""
     blob = read_uefi_data(path)
     if image.certificates:
         held = read_certificates(path)

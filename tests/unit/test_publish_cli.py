@@ -9,7 +9,7 @@ import pytest
 
 from tests.awsmock import BLOCK, MIB, make_build, pattern
 from tests.conftest import Cli
-from tests.secureboot import make_uefi_data, mark_signed
+from tests.secureboot import make_keys, make_uefi_data, mark_signed
 
 
 @pytest.fixture
@@ -142,3 +142,25 @@ def test_dry_run_of_a_secure_boot_image_registers_its_uefi_data(
     size = len(uefi_data.read_text().strip())
     assert f'"UefiData": "<{size} base64 characters>"' in register
     assert '"BootMode": "uefi"' in register
+
+
+def test_a_signed_build_s_own_certificates_become_its_uefi_data(
+    run_cli: Cli, build: Path, tmp_path: Path
+) -> None:
+    """Without --uefi-data, the store of the certificates the build exported (secure-boot/),
+    checked against the manifest's fingerprints like a given one."""
+    keys = make_keys(tmp_path / "keys")
+    mark_signed(build, keys)
+    (build / "secure-boot").mkdir()
+    for name, cert in (("PK.crt", keys.pk), ("KEK.crt", keys.kek[0]), ("db.crt", keys.db[0])):
+        (build / "secure-boot" / name).write_bytes(cert.read_bytes())
+    expected = make_uefi_data(tmp_path / "sb", keys).read_text().strip()
+    code, output = publish(run_cli, build, "--region", "eu-west-1", "--dry-run")
+    assert code == 0, output
+    register = next(line for line in output.splitlines() if " RegisterImage " in line)
+    assert f'"UefiData": "<{len(expected)} base64 characters>"' in register
+    # another fleet's db in its place: refused, the build's fingerprint named
+    make_keys(tmp_path / "other")
+    (build / "secure-boot" / "db.crt").write_bytes((tmp_path / "other" / "db0.crt").read_bytes())
+    code, output = publish(run_cli, build, "--region", "eu-west-1", "--dry-run")
+    assert code == 1 and "does not hold the certificate the build recorded" in output, output
