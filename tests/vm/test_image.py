@@ -214,7 +214,7 @@ def test_secure_boot_is_on_with_the_fleet_keys(node: Node, image: BuiltImage) ->
     db = x509.load_pem_x509_certificate(certificates.db.read_bytes())
     assert db.public_bytes(serialization.Encoding.DER) in efivar(node, f"db-{EFI_IMAGE_SECURITY}")
     report = json.loads(node.sh("hostbuild-node status --json"))
-    assert report["secure_boot"]["enabled"] is True, report["secure_boot"]
+    assert report["secure_boot"]["state"] == "enabled", report["secure_boot"]
 
 
 def test_pcr_11_is_what_the_build_predicted_and_signed(
