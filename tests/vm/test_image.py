@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from builder.vm.swtpm import SoftwareTpm
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -26,6 +25,7 @@ from builder.build.toolstree import ToolsTree
 from builder.keys.secureboot import build_certificates
 from builder.run import run
 from builder.vm.qemu import VmConfig, boot_vm
+from builder.vm.swtpm import SoftwareTpm
 from builder.vm.vmtest import run_smoke
 from tests.measured import check_booted_node, uki_pcrsig
 from tests.secureboot import make_keyset
@@ -48,7 +48,6 @@ from tests.vm.secure import (
     signed,
     signed_uki,
 )
-from tests.vm.updatenode import wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -331,33 +330,34 @@ def test_a_failing_initrd_reboots_and_falls_back(
 def test_unsigned_foreign_and_altered_ukis_are_refused_and_the_good_entry_boots(
     node: Node, image: BuiltImage, tools_tree: ToolsTree, tmp_path: Path
 ) -> None:
-    """Three newer entries with one try each; systemd-boot takes them newest first, the firmware
-    refuses each (LoadImage: access denied), and the blessed entry boots in the same reboot."""
+    """A newer entry with one try, one reboot each: systemd-boot takes it, the firmware refuses
+    it (LoadImage: access denied) and systemd-boot returns; the firmware's second attempt of the
+    power cycle (its platform recovery, the removable path again) finds it out of tries and
+    boots the blessed entry. (Two attempts per power cycle is all OVMF gives: see the README.)"""
     profile, version = image.manifest["profile"], image.manifest["version"]
     cmdline = image.manifest["kernel"]["cmdline"]
     unsigned = build_uki_variant(image, tools_tree, tmp_path / "unsigned", "9.9.9-3", cmdline)
     other_fleet = make_keyset(tmp_path / "other-fleet", "another fleet")
     foreign = build_uki_variant(image, tools_tree, tmp_path / "foreign", "9.9.9-4", cmdline)
     signed(tools_tree, other_fleet, foreign)
-    # its own version, so it sorts below the other two; its id above the good entry's
+    # the image's own signed UKI, one byte of its root hash changed: its version is the good
+    # entry's, its file name sorts above it
     changed = altered(signed_uki(image, tmp_path / "signed.efi"), tmp_path / "altered.efi")
-    bad = {"9.9.9-3": unsigned, "9.9.9-4": foreign, "9.9.9-5": changed}
     linux = node.sh("bootctl --print-esp-path").strip() + "/EFI/Linux"
-    node.wait_for(f"test ! -e {COUNTING} || systemctl is-active systemd-bless-boot.service")
-    before = sorted(node.sh(f"ls {linux}").split())
-    for bad_version, uki in bad.items():
-        run(["scp", "-F", node.config, "-q", uki, f"vm:{linux}/{profile}_{bad_version}+1.efi"])
-    node.sh("sync")
-    node.host.run("systemctl reboot")
-    refused = re.compile(
-        r"Error loading \\EFI\\Linux\\\S+_9\.9\.9-[345]\+0-1\.efi: (Access denied|Security)", re.I
-    )
-    wait_until(lambda: len(refused.findall(node.vm.serial_text())) >= len(bad), 400,
-               "three refused entries on the serial console")  # fmt: skip
-    time.sleep(10)
-    node.vm.wait_for_ssh(400)
-    node.wait_for("systemctl is-active multi-user.target")
-    after = sorted(node.sh(f"ls {linux}").split())
-    # each tried once and refused (no tries left); the others as they were
-    assert after == sorted(before + [f"{profile}_{v}+0-1.efi" for v in bad]), after
-    assert f"IMAGE_VERSION={version}" in node.sh("cat /usr/lib/os-release")
+    for bad_version, uki in (("9.9.9-3", unsigned), ("9.9.9-4", foreign), ("9.9.9-5", changed)):
+        node.wait_for(f"test ! -e {COUNTING} || systemctl is-active systemd-bless-boot.service")
+        before = sorted(node.sh(f"ls {linux}").split())
+        name = f"{profile}_{bad_version}"
+        run(["scp", "-F", node.config, "-q", uki, f"vm:{linux}/{name}+1.efi"])
+        node.sh("sync")
+        node.host.run("systemctl reboot")
+        node.vm.wait_for_serial(
+            rf"Error loading \\EFI\\Linux\\{name}\+0-1\.efi: Access denied", 400
+        )
+        time.sleep(10)
+        node.vm.wait_for_ssh(400)
+        node.wait_for("systemctl is-active multi-user.target")
+        after = sorted(node.sh(f"ls {linux}").split())
+        # tried once and refused (no tries left); the others as they were
+        assert after == sorted([*before, f"{name}+0-1.efi"]), after
+        assert f"IMAGE_VERSION={version}" in node.sh("cat /usr/lib/os-release")
