@@ -106,6 +106,30 @@ def _sync(f: IO[bytes]) -> None:
     os.fsync(f.fileno())
 
 
+def read_uki(system: System, source: Path, payload: Payload) -> bytes:
+    """`source` decompressed into memory, checked against its signed size and sha256."""
+    chunks: list[bytes] = []
+    written = 0
+    try:
+        with system.stream([*ZSTD, os.fspath(source)], 60.0) as out:
+            while chunk := out.read(CHUNK):
+                written += len(chunk)
+                if written > payload.size:
+                    raise UpdateError(
+                        "verify", f"{payload.target} decompresses to more than {payload.size} bytes"
+                    )
+                chunks.append(chunk)
+    except CommandFailed as e:
+        raise UpdateError("write", f"decompressing {source.name}: {e}") from None
+    data = b"".join(chunks)
+    if written != payload.size or hashlib.sha256(data).hexdigest() != payload.sha256:
+        raise UpdateError(
+            "verify", f"{payload.target} decompressed to {written} bytes that are not the "
+            f"manifest's {payload.size} with sha256 {payload.sha256}",
+        )  # fmt: skip
+    return data
+
+
 def install_uki(system: System, esp: Path, image_id: str, version: str, source: Path,
                 payload: Payload) -> str:  # fmt: skip
     """Decompress `source` to `EFI/Linux/IMAGEID_VERSION+3.efi` (checked, synced, renamed)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 EFI_GLOBAL_VARIABLE = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+IMAGE_SECURITY_DATABASE = "d719b2cb-3d3a-4596-a3bc-dad00e67656f"  # db and dbx
 EFI = Path("sys/firmware/efi")  # below the root
 EFIVARS = EFI / "efivars"
 TPM = Path("sys/class/tpm/tpm0")
@@ -27,6 +28,15 @@ def read_efi_flag(root: Path, name: str) -> int | None:
     except OSError:
         return None
     return data[4] if len(data) >= 5 else None
+
+
+def read_efi_var(root: Path, name: str, guid: str) -> bytes | None:
+    """A UEFI variable's data (its 4 attribute bytes dropped), or None when it is absent."""
+    try:
+        data = (root / EFIVARS / f"{name}-{guid}").read_bytes()
+    except OSError:
+        return None
+    return data[4:] if len(data) >= 4 else None
 
 
 def secure_boot_state(root: Path) -> dict[str, Any]:

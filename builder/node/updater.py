@@ -2,7 +2,8 @@
 
 One run at a time (a lock on /var). Every run first settles what the last reboot did with a
 staged version (updatestate.reconcile). Staging, in order: the payload is downloaded and
-verified (TUF) into /var, then the UKIs of every version but the running one are removed, the
+verified (TUF) into /var, with Secure Boot on the UKI checked against the firmware's db
+(authenticode), then the UKIs of every version but the running one are removed, the
 other slot is labelled `_empty`, written, verified against the signed root hash, given its
 UUIDs and label, and only then is the new UKI installed, boot-counted.
 """
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import bootentries, failpoints, rebootlock, slots
+from . import authenticode, bootentries, bootsecurity, failpoints, rebootlock, slots
 from .channel import (
     CHANNEL_TARGET,
     ChannelError,
@@ -435,6 +436,7 @@ def stage(ctx: Context, entry: Entry, files: dict[str, Path]) -> None:
     slots.check_target(system, slot.root, entry.files["root"], label)
     slots.check_target(system, slot.verity, entry.files["verity"], f"{label}_verity")
     bootentries.check_space(ctx.esp, ctx.image_id, ctx.version, entry.files["uki"])
+    check_firmware_trust(ctx, entry, files["uki"])
     state.staged = None
     partitions = [os.fspath(slot.root.node), os.fspath(slot.verity.node)]
     state.writing = {"version": entry.version, "slot": slot.name, "time": now(),
@@ -477,6 +479,36 @@ def stage(ctx: Context, entry: Entry, files: dict[str, Path]) -> None:
     }  # fmt: skip
     save_state(ctx.node.state_file, state)
     logger.info("staged %s in slot %s (%s)", entry.version, slot.name, name)
+
+
+def check_firmware_trust(ctx: Context, entry: Entry, uki: Path) -> None:
+    """With Secure Boot on, refuse (`rejected`) a UKI the firmware would refuse to load: with
+    3 boot tries it would use up both attempts of a power cycle (systemd-boot, then the
+    firmware's own recovery) and stop the node in the firmware's menu instead of falling back.
+
+    A pre-check of the signer against db/dbx (authenticode.refusal), before anything is
+    written: not the firmware's cryptographic verification. Secure Boot off: no check.
+    """
+    root = ctx.node.root
+    if bootsecurity.read_efi_flag(root, "SecureBoot") != 1:
+        return
+    data = bootentries.read_uki(ctx.node.system, uki, entry.files["uki"])
+    lists: dict[str, list[authenticode.SignatureList]] = {}
+    for name in ("db", "dbx"):
+        raw = bootsecurity.read_efi_var(root, name, bootsecurity.IMAGE_SECURITY_DATABASE)
+        try:
+            lists[name] = authenticode.signature_lists(raw or b"")
+        except authenticode.FormatError as e:
+            var = f"/{bootsecurity.EFIVARS}/{name}-{bootsecurity.IMAGE_SECURITY_DATABASE}"
+            raise UpdateError("system", f"{var} is not a list of signatures ({e})") from None
+    refused = authenticode.refusal(data, lists["db"], lists["dbx"])
+    if refused is not None:
+        raise UpdateError("rejected", f"{entry.files['uki'].target}: {refused}, not staged")
+    if not authenticode.x509_certificates(lists["db"]):
+        logger.warning(
+            "%s: the firmware's db holds no X.509 certificate (hashes only): cannot tell whether "
+            "it trusts the UKI's signer; staging it", entry.files["uki"].target,
+        )  # fmt: skip
 
 
 def _undo(ctx: Context) -> None:

@@ -219,7 +219,8 @@ class UpdateError(Exception):
     """A step of an update failed; `kind` names which for state.json and `update status`.
 
     Kinds: not-configured, unreachable (repository down, slow, HTTP errors), rejected (TUF
-    refused metadata or a payload: expired, rolled back, bad signature, tampered), no-space,
+    refused metadata or a payload: expired, rolled back, bad signature, tampered; or a UKI
+    the firmware's Secure Boot would refuse), no-space,
     too-large (payload bigger than the slot or the ESP), busy (another run), system (this
     node's disk or tools), write, verify.
     """
