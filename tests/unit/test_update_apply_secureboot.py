@@ -13,10 +13,13 @@ import pytest
 from builder.node import updatecli
 from builder.node.authenticode import EFI_CERT_X509
 from builder.node.bootsecurity import EFI_GLOBAL_VARIABLE, IMAGE_SECURITY_DATABASE
+from tests.unit.sbkeys import keys, other_keys
+from tests.unit.test_authenticode import TREE, der, sign
+from tests.unit.test_authenticode import unsigned_pe as unsigned_systemd_boot
 from tests.unit.test_update_apply import NEW, Setup, setup
 from tests.unit.updatefakes import IMAGE, make_image
 
-__all__ = ["setup"]  # the fixture
+__all__ = ["keys", "other_keys", "setup"]  # the fixtures
 
 ATTRIBUTES = struct.pack("<I", 0x27)  # non-volatile, boot and runtime access, time-authenticated
 
@@ -78,3 +81,22 @@ def test_with_secure_boot_off_the_uki_is_not_checked(setup: Setup) -> None:
     assert [c for c in fake.commands() if c.endswith("uki.zst")] == [
         f"zstd {IMAGE}%2F0.1.0-3%2Fuki.zst"
     ]
+
+
+def test_a_uki_signed_by_a_db_certificate_is_staged_and_by_another_fleet_rejected(
+    setup: Setup, keys: Path, other_keys: Path, tmp_path: Path
+) -> None:
+    if TREE is None:
+        pytest.skip("no complete tools tree in the cache")
+    source = unsigned_systemd_boot(TREE, tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    theirs = sign(TREE, other_keys, source, tmp_path / "out" / "theirs.efi")
+    ours = sign(TREE, keys, source, tmp_path / "out" / "ours.efi")
+    fake = setup.fake
+    efivars(fake.root, 1, der(keys))
+    setup.publish(dataclasses.replace(make_image("0.1.0-3"), uki=theirs))
+    assert "is not signed by a certificate in the firmware's db" in setup.refused("rejected")
+    assert f"{NEW}+3.efi" not in fake.ukis()
+    setup.publish(dataclasses.replace(make_image("0.1.0-4"), uki=ours))
+    assert setup.apply()["result"] == "staged"
+    assert (fake.esp / f"EFI/Linux/{IMAGE}_0.1.0-4+3.efi").read_bytes() == ours
