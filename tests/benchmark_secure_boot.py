@@ -87,7 +87,7 @@ def signing_times(output: Path, manifest: dict[str, Any], tools: ToolsTree, work
         if label in (".linux", ".initrd", ".osrel", ".cmdline"):
             sections[label] = work / f"section{label}"
             sections[label].write_bytes(body.rstrip(b"\0") if label != ".linux" else body)
-    stub = tools.path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+    stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"  # the tools tree's own
     boot = tools.path(SYSTEMD_BOOT_EFI)
 
     def ukify(pcr: bool) -> float:
@@ -121,7 +121,12 @@ def signing_times(output: Path, manifest: dict[str, Any], tools: ToolsTree, work
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="a signed `hostbuild image` output directory")
-    parser.add_argument("--rounds", type=int, default=3, help="boot rounds per mode (default 3)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="boot rounds per mode (default 3; 0: signing times only)",
+    )
     parser.add_argument("--keys", type=Path, help="the key set's directory (for the signing times)")
     args = parser.parse_args()
     manifest = json.loads((args.output / "manifest.json").read_text())
@@ -136,7 +141,8 @@ def main() -> None:
     keys = SecureBootKeys(certificates.pk, (certificates.kek,), (certificates.db,))
     write_variable_store(keys, tools.path(OVMF_VARS), store)
     raw = args.output / f"{manifest['name']}.raw"
-    print_boots(boot_rounds(raw, tools, work, store, args.rounds))
+    if args.rounds > 0:
+        print_boots(boot_rounds(raw, tools, work, store, args.rounds))
     if args.keys:
         signing_times(args.output, manifest, tools, work, args.keys)
     shutil.rmtree(work, ignore_errors=True)
