@@ -165,8 +165,20 @@ class Node:
         self.config = config
         self.host = testinfra.get_host("ssh://vm", ssh_config=os.fspath(config))
 
+    def run(self, command: str) -> Any:
+        """host.run, again (up to three times, 5 s apart) when sshd reset the connection before
+        the key exchange: the command never started (a loaded guest restarting its sshd)."""
+        for attempt in range(3):
+            try:
+                return self.host.run(command)
+            except RuntimeError as e:
+                if "kex_exchange_identification" not in str(e) or attempt == 2:
+                    raise
+                time.sleep(5)
+        raise AssertionError("unreachable")
+
     def sh(self, command: str) -> str:
-        result = self.host.run(command)
+        result = self.run(command)
         assert result.rc == 0, f"{command}: rc={result.rc}\n{result.stdout}{result.stderr}"
         return str(result.stdout)
 
