@@ -224,18 +224,14 @@ def test_a_rolling_update_takes_one_node_at_a_time_and_stops_at_a_failed_canary(
     start_server(server)
     lock = GuestForward(LOCK_ADDR, 80, int(server.server_address[1]))
     with ExitStack() as stack:
-        booting = {
-            name: node_on(
+        members = []
+        for name, group in GROUPS.items():
+            node = stack.enter_context(node_on(
                 image, tools_tree, tmp_path / name, tmp_path / f"{name}.qcow2", key, served,
                 CHANNEL, updates={"fleetLock": {"url": f"http://{LOCK_ADDR}/", "group": group}},
                 forwards=(lock,), cpus=1,
-            )
-            for name, group in GROUPS.items()
-        }  # fmt: skip
-        # the three boot at once; each node's context is the stack's as soon as it is up
-        with ThreadPoolExecutor(len(booting)) as pool:
-            up = {name: pool.submit(stack.enter_context, cm) for name, cm in booting.items()}
-        members = [Member(name, future.result(), profile) for name, future in up.items()]
+            ))  # fmt: skip
+            members.append(Member(name, node, profile))
         each(members, lambda m: staged(m, V2))
 
         # v3 is made on the host while the nodes roll to v2 (a reboot keeps only one core busy)
