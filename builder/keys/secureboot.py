@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from builder.errors import HostbuildError
+from builder.firmware import varstore
 from builder.profile.model import Profile, SecureBoot
 
 logger = logging.getLogger(__name__)
@@ -185,10 +186,7 @@ def certificate_paths(profile: Profile) -> Certificates | None:
 
 def load_certificate(path: Path) -> x509.Certificate:
     """A PEM (or DER) X.509 certificate; ValueError if it is none."""
-    data = path.read_bytes()
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_certificate(data)
-    return x509.load_der_x509_certificate(data)
+    return varstore.load_certificate(path.read_bytes())
 
 
 def load_public_key(path: Path) -> rsa.RSAPublicKey:
